@@ -1,0 +1,78 @@
+"""Fields every nucjax experiment has. Model config files start from `get_config()` here.
+
+Every field can be overridden on the command line, for example
+  python -m nucjax.main --config=configs/unet.py --config.optim.learning_rate=3e-4
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    # The network; each model config fills in its own fields (nucjax.models.<name>).
+    config.model = ml_collections.ConfigDict()
+    config.model.name = ""
+
+    config.data = data = ml_collections.ConfigDict()
+    data.source = "dsb2018"  # "dsb2018" (the real set) or "synthetic" (offline, tests)
+    data.data_dir = ""  # TFDS data dir; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+    # Where the BBBC038 files come from: an http(s) or file:// URL prefix, or a local folder.
+    # "" = $NUCJAX_DSB2018_SOURCE, else the Broad Bioimage Benchmark Collection's addresses.
+    data.download_source = ""
+    data.validation_fraction = 0.1
+    data.split_seed = 0
+    data.crop_size = 256  # training crops (square); small images are padded, label -1
+    data.eval_tile_size = 256  # trainer evaluation tiles every image whole with this tile
+    data.flips = True
+    data.rot90 = True
+    data.scale_jitter = 0.0  # random zoom in [1 - s, 1 + s]; 0 disables
+    data.intensity_jitter = 0.0  # random contrast/brightness of +- this fraction; 0 disables
+    data.max_instances = 512  # padded instances per crop (Mask R-CNN); DSB has up to 375
+    data.prefetch = 2
+    data.synthetic_num_images = 64  # data.source="synthetic": images per split
+    data.synthetic_size = 256
+    data.synthetic_brightfield_fraction = 0.25
+
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.name = "adam"  # adam | adamw | adadelta | sgd
+    optim.learning_rate = 1e-3
+    optim.schedule = "constant"  # constant | cosine | warmup_cosine
+    optim.warmup_steps = 0
+    optim.weight_decay = 0.0
+    optim.momentum = 0.9  # sgd
+    optim.nesterov = False  # sgd
+    optim.rho = 0.95  # adadelta
+    optim.eps = 1e-7  # adam / adadelta epsilon (Keras default 1e-7)
+    optim.grad_clip_norm = 0.0  # 0 disables
+
+    config.train = train = ml_collections.ConfigDict()
+    train.batch_size = 16  # global batch, split across all devices of all hosts
+    train.num_epochs = 20
+    train.num_steps = 0  # > 0 overrides num_epochs
+    train.log_every_steps = 10
+    train.eval_every_steps = 0  # 0 = once per epoch
+    train.eval_batch_size = 8
+    train.checkpoint_every_steps = 1000
+    train.keep_checkpoints = 3
+
+    # Instance post-processing and evaluation (nucjax.postprocess, nucjax.evaluate).
+    config.eval = ev = ml_collections.ConfigDict()
+    ev.split = "validation"
+    ev.tile_size = 512  # whole images are predicted in overlapping tiles of this size
+    ev.tile_overlap = 64
+    ev.foreground_threshold = 0.5
+    ev.seed_threshold = 0.5  # three-class: interior probability that makes a seed
+    ev.min_distance = 3  # binary: distance-transform peak separation, pixels
+    ev.min_size = 10  # remove predicted nuclei smaller than this, pixels
+    ev.fill_holes = True
+    return config
+
+
+def variant(arg: str | None) -> str:
+    """The variant named after the colon in `--config=configs/x.py:quick`: '', quick or tiny."""
+    arg = (arg or "").strip()
+    if arg not in ("", "paper", "quick", "tiny", "tuned"):
+        raise ValueError(f"unknown config variant {arg!r}; use paper, quick, tuned or tiny")
+    return "paper" if arg == "" else arg

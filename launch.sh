@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# nucjax launcher.
+#   ./launch.sh            install (once) and train the quick U-Net on DSB 2018
+#   ./launch.sh test       install (once) and run lint + the whole test suite
+#   ./launch.sh main ARGS  install (once) and run `python -m nucjax.main ARGS`
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=${NUCJAX_VENV:-.venv}
+PY="$VENV/bin/python"
+
+install() {
+  if [ ! -x "$PY" ]; then
+    echo "creating $VENV" >&2
+    python3 -m venv "$VENV"
+  fi
+  # Re-install only when requirements.txt changed since the last successful install.
+  local stamp="$VENV/.requirements.sha256"
+  local want
+  want=$(sha256sum requirements.txt | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "installing requirements into $VENV" >&2
+    "$PY" -m pip install -q --disable-pip-version-check -r requirements.txt 2> >(grep -v "is ignored: it is neither" >&2)
+    echo "$want" >"$stamp"
+  fi
+}
+
+# The DSB 2018 source: a URL, a file:// URL or a local folder with the BBBC038 files. The shared
+# copy beside this checkout stands in for the download on machines without internet.
+if [ -z "${NUCJAX_DSB2018_SOURCE:-}" ] && [ -d ../shared/data/dsb2018 ]; then
+  export NUCJAX_DSB2018_SOURCE="$(cd ../shared/data/dsb2018 && pwd)"
+fi
+
+cmd=${1:-train}
+case "$cmd" in
+  test)
+    install
+    shift
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
+    "$PY" -m pytest -q "$@"
+    ;;
+  train)
+    install
+    "$PY" -m nucjax.main --config=configs/unet.py:quick --workdir=runs/unet_quick
+    ;;
+  main)
+    install
+    shift
+    "$PY" -m nucjax.main "$@"
+    ;;
+  *)
+    echo "usage: $0 [train|test [PYTEST ARGS]|main ARGS]" >&2
+    exit 2
+    ;;
+esac

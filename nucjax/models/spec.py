@@ -1,0 +1,64 @@
+"""What the trainer needs to know about a network: the contract every model fulfils.
+
+A model is "network + its loss + its post-processing" in one object (the scenic pattern), so
+that one trainer serves every model without branching on its name.
+
+Host batches (what every input path yields, numpy or jax arrays):
+  image: (B, H, W, 3) float32, per-image normalised (nucjax.data.pipeline.normalize_image)
+  label: (B, H, W) int32 instance ids, 0 background, 1..N nuclei, -1 "not labelled"
+         (padding around small images, tiles past an image's edge, unlabelled test images);
+         pixels labelled -1 carry no loss and count in no metric
+  valid: (B,) float32, 1.0 for a real example, 0.0 for padding that fills the last eval batch
+
+Sums and counts: losses and metrics travel as (sum, count) pairs so that a mean over devices,
+padded batches or several batches is exact: mean = sum(sums) / sum(counts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+SumCount = tuple[jax.Array, jax.Array]
+Batch = Mapping[str, jax.Array]
+
+
+class Instances(NamedTuple):
+    """Instance segmentation of one image, the output every model's post-processing gives.
+
+    label: (H, W) int32, 0 background, 1..N nuclei, never overlapping
+    scores: (N,) float32, the confidence of nucleus i + 1
+    """
+
+    label: np.ndarray
+    scores: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A network with its loss, its foreground map and its instance post-processing.
+
+    module: flax module, `module.apply(variables, image, label=None, train=bool)` with image
+        (B, H, W, 3) float32 and label (B, H, W) int32 (used only by models that sample
+        targets during training, such as Mask R-CNN). Returns a pytree of outputs. Batch norm
+        statistics live in the `batch_stats` collection; BatchNorm layers use
+        `axis_name=spec.axis_name` so statistics are synchronised across devices in training.
+    loss: (outputs, batch) -> (terms, metrics), both dict[str, (sum, count)]. The training
+        objective is sum over terms of psum(sum) / psum(count) across devices; metrics are
+        reported the same way. Pure and jittable.
+    foreground: eval outputs -> (B, H, W) float32 foreground probability, for pixel metrics.
+    postprocess: (outputs of one image as numpy, no batch axis) -> Instances.
+    stride: H and W given to the module must be multiples of this.
+    """
+
+    module: nn.Module
+    loss: Callable[[Any, Batch], tuple[dict[str, SumCount], dict[str, SumCount]]]
+    foreground: Callable[[Any], jax.Array]
+    postprocess: Callable[[Any], Instances]
+    stride: int = 1
+    axis_name: str | None = "data"

@@ -1,0 +1,30 @@
+"""Test setup: 4 fake CPU devices (set before jax is imported), and the real-data location."""
+
+import os
+import pathlib
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+).strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import nucjax  # noqa: E402,F401  (sets the CPU convolution flag before jax starts)
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def dsb2018_source() -> pathlib.Path | None:
+    """The real DSB 2018 files: $NUCJAX_DSB2018_SOURCE, else ../shared/data/dsb2018."""
+    env = os.environ.get("NUCJAX_DSB2018_SOURCE")
+    path = pathlib.Path(env) if env else REPO.parent / "shared" / "data" / "dsb2018"
+    return path if (path / "stage1_train.zip").is_file() else None
+
+
+@pytest.fixture(scope="session")
+def dsb_source() -> pathlib.Path:
+    path = dsb2018_source()
+    if path is None:
+        pytest.skip("real DSB 2018 files not found (set NUCJAX_DSB2018_SOURCE or ../shared)")
+    return path
