@@ -54,6 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
     train.log_every_steps = 10
     train.eval_every_steps = 0  # 0 = once per epoch
     train.eval_batch_size = 8
+    train.eval_train_images = 64  # evaluations measure the train split on its first N images
     train.checkpoint_every_steps = 1000
     train.keep_checkpoints = 3
 

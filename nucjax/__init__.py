@@ -27,3 +27,19 @@ def _tune_cpu_convolutions() -> None:
 
 
 _tune_cpu_convolutions()
+
+
+def _use_rbg_prng() -> None:
+    """Make "rbg" the default PRNG implementation unless the user chose one.
+
+    Threefry random bits are inlined into every initializer, and XLA:CPU takes ~25 s to compile
+    a tiny U-Net's init with them; with rbg, 3 s (train step 9.5 s -> 4.6 s with dropout).
+    rbg still uses threefry for split/fold_in, so derived keys stay independent.
+    """
+    if "JAX_DEFAULT_PRNG_IMPL" not in os.environ:
+        import jax
+
+        jax.config.update("jax_default_prng_impl", "rbg")
+
+
+_use_rbg_prng()

@@ -9,8 +9,9 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-import nucjax  # noqa: E402,F401  (sets the CPU convolution flag before jax starts)
 import pytest  # noqa: E402
+
+import nucjax  # noqa: E402,F401  (sets the CPU convolution flag before jax starts)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -28,3 +29,13 @@ def dsb_source() -> pathlib.Path:
     if path is None:
         pytest.skip("real DSB 2018 files not found (set NUCJAX_DSB2018_SOURCE or ../shared)")
     return path
+
+
+@pytest.fixture(scope="session")
+def dsb_data_dir(dsb_source, tmp_path_factory) -> pathlib.Path:
+    """A TFDS data_dir holding the real DSB 2018 set built once per session (default split)."""
+    from nucjax.data import dsb2018
+
+    data_dir = tmp_path_factory.mktemp("dsb2018_tfds")
+    dsb2018.prepare(data_dir=data_dir, source=str(dsb_source))
+    return data_dir

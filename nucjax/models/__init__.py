@@ -26,7 +26,9 @@ def build(config) -> ModelSpec:
     """The ModelSpec for `config.model.name`; `config` is the whole experiment config."""
     name = config.model.name
     if name not in _REGISTRY:
-        raise ValueError(f"config.model.name={name!r} is not a known model; choose one of {names()}")
+        raise ValueError(
+            f"config.model.name={name!r} is not a known model; choose one of {names()}"
+        )
     return importlib.import_module(_REGISTRY[name]).build(config)
 
 

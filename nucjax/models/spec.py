@@ -54,6 +54,12 @@ class ModelSpec:
     foreground: eval outputs -> (B, H, W) float32 foreground probability, for pixel metrics.
     postprocess: (outputs of one image as numpy, no batch axis) -> Instances.
     stride: H and W given to the module must be multiples of this.
+    prepare_variables: freshly initialised variables -> variables to train from (host-side;
+        for example a pretrained backbone loaded from disk). Identity by default.
+    frozen: params -> pytree of bools, True where a leaf is held fixed for the first
+        `config.model.freeze_backbone_steps` steps; None when nothing can be frozen.
+    tileable: whether large images may be predicted in overlapping tiles whose outputs are
+        stitched (per-pixel networks); False runs the whole padded image at once (detectors).
     """
 
     module: nn.Module
@@ -62,3 +68,6 @@ class ModelSpec:
     postprocess: Callable[[Any], Instances]
     stride: int = 1
     axis_name: str | None = "data"
+    prepare_variables: Callable[[dict], dict] = dataclasses.field(default=lambda v: v)
+    frozen: Callable[[Any], Any] | None = None
+    tileable: bool = True

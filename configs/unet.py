@@ -1,0 +1,42 @@
+"""The paper's U-Net (Table 2: 20 epochs, batch 16, Adam, sigmoid + ELU, lr 0.01).
+
+  python -m nucjax.main --config=configs/unet.py --workdir=runs/unet
+  python -m nucjax.main --config=configs/unet.py:quick --workdir=runs/unet_quick
+Variants: paper (default: 256x256 crops), quick (the same network and optimizer on 128x128
+crops: minutes on a laptop CPU), tuned (lr 1e-3, cosine decay), tiny (tests).
+"""
+
+from configs import common, tiny
+
+
+def get_config(arg=None):
+    variant = common.variant(arg)
+    config = common.get_config()
+    m = config.model
+    m.name = "unet"
+    m.target = "binary"  # "three_class" adds a border channel
+    m.output_activation = "sigmoid"
+    m.hidden_activation = "elu"
+    m.base_features = 16
+    m.depth = 5
+    m.dropout = (0.1, 0.1, 0.2, 0.2, 0.3)
+    m.batch_norm = False
+    m.border_weight = 0.0
+
+    config.optim.name = "adam"
+    config.optim.learning_rate = 0.01
+    config.train.batch_size = 16
+    config.train.num_epochs = 20
+
+    if variant == "tuned":
+        config.optim.learning_rate = 1e-3
+        config.optim.schedule = "cosine"
+    if variant == "quick":
+        config.data.crop_size = 128
+        config.train.eval_every_steps = 200
+    if variant == "tiny":
+        m.base_features = 4
+        m.depth = 3
+        m.dropout = (0.1, 0.1, 0.2)
+        tiny.apply_tiny(config)
+    return config

@@ -1,0 +1,63 @@
+"""Data sources: the real DSB 2018 set (nucjax.data.dsb2018) or synthetic nuclei.
+
+`raw_dataset(config.data, split)` gives decoded, unaugmented examples as a tf.data.Dataset of
+{image (H, W, 3) uint8, label (H, W) int32, id string, modality int64}, whichever the source;
+nucjax.data.pipeline turns them into training and evaluation batches. Sources are imported
+lazily so that a synthetic run never touches the DSB reader and vice versa.
+"""
+
+from __future__ import annotations
+
+SOURCES = ("dsb2018", "synthetic")
+SPLITS = ("train", "validation", "test")
+
+
+def _check_source(data_config) -> str:
+    source = data_config.source
+    if source not in SOURCES:
+        raise ValueError(
+            f"config.data.source={source!r} is not a known source; use one of {SOURCES}"
+        )
+    return source
+
+
+def _dsb2018_kwargs(data_config) -> dict:
+    return {
+        "data_dir": data_config.data_dir,
+        "source": data_config.download_source,
+        "validation_fraction": data_config.validation_fraction,
+        "split_seed": data_config.split_seed,
+    }
+
+
+def synthetic_seed(data_config, split: str) -> int:
+    """The synthetic generator's seed for a split: distinct per (split_seed, split)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+    return len(SPLITS) * data_config.split_seed + SPLITS.index(split)
+
+
+def raw_dataset(data_config, split: str):
+    """The decoded examples of one split, in a fixed order (tf.data.Dataset, see module doc)."""
+    if _check_source(data_config) == "dsb2018":
+        from nucjax.data import dsb2018
+
+        return dsb2018.as_dataset(split, **_dsb2018_kwargs(data_config))
+    from nucjax.data import synthetic
+
+    return synthetic.synthetic_dataset(
+        data_config.synthetic_num_images,
+        data_config.synthetic_size,
+        seed=synthetic_seed(data_config, split),
+        brightfield_fraction=data_config.synthetic_brightfield_fraction,
+    )
+
+
+def num_examples(data_config, split: str) -> int:
+    """How many images raw_dataset(data_config, split) holds."""
+    if _check_source(data_config) == "dsb2018":
+        from nucjax.data import dsb2018
+
+        return dsb2018.num_examples(split, **_dsb2018_kwargs(data_config))
+    synthetic_seed(data_config, split)  # rejects unknown splits the same way
+    return int(data_config.synthetic_num_images)

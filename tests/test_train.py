@@ -1,0 +1,239 @@
+"""The trainer end to end on tiny configs and 4 fake CPU devices."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import mask_rcnn, resnet, simple_cnn, unet
+from nucjax import checkpoint, models, optim, parallel, train
+from nucjax.data import pipeline
+from tests.conftest import REPO
+
+SEMANTIC = {"simple_cnn": simple_cnn, "unet": unet}
+
+
+def tiny(module, **train_overrides):
+    config = module.get_config("tiny")
+    for k, v in train_overrides.items():
+        setattr(config.train, k, v)
+    return config
+
+
+@pytest.mark.parametrize("module", [simple_cnn, unet, resnet, mask_rcnn])
+@pytest.mark.parametrize("variant", ["", "quick", "tiny"])
+def test_every_config_loads(module, variant):
+    config = module.get_config(variant)
+    assert config.model.name == module.__name__.split(".")[-1]
+    assert config.train.batch_size > 0
+
+
+def test_table2_values():
+    """The paper's Table 2, exactly as the default (paper) configs hold it."""
+    want = {
+        simple_cnn: (15, 32, "adam", 0.1),
+        resnet: (40, 10, "adadelta", 0.1),
+        unet: (20, 16, "adam", 0.01),
+        mask_rcnn: (30, 16, "sgd", 0.01),
+    }
+    for module, (epochs, batch, opt, lr) in want.items():
+        c = module.get_config()
+        got = (c.train.num_epochs, c.train.batch_size, c.optim.name, c.optim.learning_rate)
+        assert got == (epochs, batch, opt, lr), module.__name__
+    assert simple_cnn.get_config().model.output_activation == "sigmoid"
+    assert unet.get_config().model.hidden_activation == "elu"
+    assert unet.get_config().model.output_activation == "sigmoid"
+    assert mask_rcnn.get_config().model.hidden_activation == "relu"
+
+
+def test_optimizers_map_to_optax():
+    """adadelta / sgd+momentum / adam follow optax's own update rules for one step."""
+    params = {"w": jnp.array([1.0, -2.0])}
+    grads = {"w": jnp.array([0.5, 0.25])}
+    for name, ref in {
+        "adam": lambda c: __import__("optax").adam(c.learning_rate, eps=c.eps),
+        "adadelta": lambda c: __import__("optax").adadelta(c.learning_rate, rho=c.rho, eps=c.eps),
+        "sgd": lambda c: __import__("optax").sgd(c.learning_rate, momentum=c.momentum),
+    }.items():
+        c = unet.get_config().optim
+        c.name = name
+        tx, want = optim.make_optimizer(c, 100), ref(c)
+        got, _ = tx.update(grads, tx.init(params), params)
+        expected, _ = want.update(grads, want.init(params), params)
+        np.testing.assert_allclose(got["w"], expected["w"], rtol=1e-6)
+
+
+def test_freeze_until_holds_frozen_leaves_then_releases():
+    c = unet.get_config().optim
+    c.name, c.learning_rate = "sgd", 1.0
+    c.momentum = 0.0
+    params = {"backbone": jnp.ones(2), "head": jnp.ones(2)}
+    frozen = lambda p: {"backbone": True, "head": False}  # noqa: E731
+    tx = optim.make_optimizer(c, 10, frozen, freeze_steps=2)
+    state = tx.init(params)
+    grads = {"backbone": jnp.ones(2), "head": jnp.ones(2)}
+    moved = []
+    for _ in range(3):
+        updates, state = tx.update(grads, state, params)
+        moved.append((float(updates["backbone"][0]), float(updates["head"][0])))
+    assert moved == [(0.0, -1.0), (0.0, -1.0), (-1.0, -1.0)]
+
+
+def _one_step(config, devices, batch):
+    spec = models.build(config)
+    mesh = parallel.make_mesh(devices)
+    tx = optim.make_optimizer(config.optim, 10)
+    state = train.init_state(spec, tx, config, mesh)
+    step = train.make_train_step(spec, tx, mesh)
+    state, sums = step(state, parallel.shard_batch(batch, mesh))
+    return train.means(sums), train.numpy_params(state), jax.device_get(state.batch_stats)
+
+
+def test_one_and_four_devices_agree():
+    """Same global batch: same loss, same updated parameters and synchronised BN statistics.
+
+    Simple CNN: its first layer is batch norm, so the statistics must be global to agree.
+    """
+    config = simple_cnn.get_config("tiny")
+    config.model.dropout = ()  # dropout keys differ per device by design
+    # SGD: the update is linear in the gradient (Adam's first step is ~lr * sign(g), which
+    # would turn float noise in near-zero gradients into lr-sized differences).
+    config.optim.name, config.optim.learning_rate, config.optim.momentum = "sgd", 0.5, 0.0
+    batch = next(pipeline.train_batches(config.data, batch_size=4, seed=0, start_step=0))
+    # Unlabelled pixels in one image only: per-device counts differ, the global mean must not.
+    batch = {k: np.array(v) for k, v in batch.items()}
+    batch["label"][0, :20] = -1
+    one = _one_step(config, jax.devices()[:1], batch)
+    four = _one_step(config, jax.devices()[:4], batch)
+    assert len(jax.devices()) >= 4
+    assert one[0]["loss"] == pytest.approx(four[0]["loss"], rel=1e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), one[1], four[1]
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), one[2], four[2]
+    )
+
+
+def test_batch_size_not_divisible_is_a_clear_error(tmp_path):
+    config = tiny(unet, batch_size=6)
+    with pytest.raises(ValueError, match="batch_size=6 is not divisible by the 4 devices"):
+        train.train_and_evaluate(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["simple_cnn", "unet"])
+def test_tiny_trains_two_steps_and_writes_reports(name, tmp_path):
+    summary = train.train_and_evaluate(SEMANTIC[name].get_config("tiny"), str(tmp_path))
+    assert summary["steps"] == 2 and summary["devices"] == 4
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2]
+    assert {"eval_train", "eval_validation"} <= {r["split"] for r in rows}
+    assert all(np.isfinite(r["loss"]) for r in rows if r["split"] == "train")
+    assert 0.0 <= summary["final_eval"]["validation"]["pixel_accuracy"] <= 1.0
+    assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+    assert checkpoint.Checkpointer(summary["checkpoints"], every_steps=1, keep=1).latest_step() == 2
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _interrupting(iterator, after: int):
+    for i, batch in enumerate(iterator):
+        if i == after:
+            raise Interrupt
+        yield batch
+
+
+def _restored_params(workdir, config):
+    spec = models.build(config)
+    mesh = parallel.make_mesh()
+    tx = optim.make_optimizer(config.optim, 10)
+    template = train.init_state(spec, tx, config, mesh)
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1, keep=3)
+    state, step = ckpt.restore(template, checkpoint.describe(config.model.name, template.params))
+    host = jax.device_get(state)
+    return step, host.params, host.batch_stats, host.opt_state
+
+
+@pytest.mark.parametrize("module", [simple_cnn, unet])
+def test_resume_equals_straight_through(module, tmp_path):
+    """6 steps straight == 3 steps, a crash at step 5, a re-run of the same command.
+
+    Simple CNN carries batch-norm statistics through the checkpoint; the tiny U-Net dropout,
+    whose keys must replay.
+    """
+    config = tiny(module, num_steps=6, checkpoint_every_steps=3, eval_every_steps=100)
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    train.train_and_evaluate(config, straight)
+    batches = pipeline.train_batches(config.data, batch_size=4, seed=config.seed)
+    with pytest.raises(Interrupt):
+        train.train_and_evaluate(config, resumed, batches=_interrupting(batches, after=4))
+    assert _restored_params(resumed, config)[0] == 3
+    summary = train.train_and_evaluate(config, resumed)
+    assert summary["resumed_from"] == 3
+    a, b = _restored_params(straight, config), _restored_params(resumed, config)
+    assert a[0] == b[0] == 6
+    for x, y in zip(a[1:], b[1:], strict=True):
+        jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-7), x, y)
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
+    train.train_and_evaluate(tiny(simple_cnn), str(tmp_path))
+    with pytest.raises(checkpoint.IncompatibleCheckpointError, match="holds a 'simple_cnn' model"):
+        train.train_and_evaluate(tiny(unet), str(tmp_path))
+    wider = tiny(simple_cnn)
+    wider.model.width = 16
+    with pytest.raises(checkpoint.IncompatibleCheckpointError, match="parameters differ"):
+        train.train_and_evaluate(wider, str(tmp_path))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    config = tiny(simple_cnn, num_steps=4, checkpoint_every_steps=2, log_every_steps=1)
+    good = pipeline.train_batches(config.data, batch_size=4, seed=0)
+
+    def poisoned():
+        for i, batch in enumerate(good):
+            if i >= 2:
+                batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+            yield batch
+
+    with pytest.raises(FloatingPointError, match="last good checkpoint is step 2"):
+        train.train_and_evaluate(config, str(tmp_path), batches=poisoned())
+    assert _restored_params(str(tmp_path), config)[0] == 2
+
+
+def _main(*args):
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    return subprocess.run(
+        [sys.executable, "-m", "nucjax.main", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_main_trains_and_rejects_mistyped_override(tmp_path):
+    bad = _main(
+        "--config=configs/unet.py:tiny",
+        f"--workdir={tmp_path}/bad",
+        "--config.optim.learning_rte=0.1",
+    )
+    assert bad.returncode != 0 and "learning_rte" in bad.stderr
+    ok = _main(
+        "--config=configs/unet.py:tiny",
+        f"--workdir={tmp_path}/ok",
+        "--config.optim.learning_rate=0.003",
+    )
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "checkpoints:" in ok.stdout
+    saved = json.load(open(tmp_path / "ok" / "config.json"))
+    assert saved["optim"]["learning_rate"] == 0.003
