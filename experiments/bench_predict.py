@@ -1,0 +1,111 @@
+"""Seconds to segment one whole image: network (tiled) and post-processing, per image size.
+
+  python experiments/bench_predict.py --config=configs/unet.py --workdir=runs/unet
+  python experiments/bench_predict.py --config=configs/unet.py --workdir=runs/unet \
+      --sizes=256,1024 --repeats=5 --out=experiments/results/bench_predict_unet.json
+
+Images are synthetic fluorescence nuclei (nucjax.data.synthetic) of size x size, predicted
+exactly as evaluate and predict do (nucjax.inference.segment_image, tiles and overlap from
+config.eval). The first call per size compiles and is reported apart; the figures to record
+are the medians of the remaining calls. The network's time does not depend on its weights,
+but post-processing does (it follows the nuclei the network finds): without a checkpoint in
+--workdir the script runs freshly initialised weights and says so; prefer a trained workdir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+import nucjax  # noqa: E402,F401  (CPU XLA flags before jax starts)
+
+config_flags.DEFINE_config_file("config", None, "config file", lock_config=True)
+flags.DEFINE_string("workdir", None, "a trained run's workdir (its latest checkpoint)")
+flags.DEFINE_string("sizes", "256,1024", "comma-separated square image sizes")
+flags.DEFINE_integer("repeats", 3, "timed calls per size after the compiling one")
+flags.DEFINE_string("out", "", "also write the results as JSON here")
+flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    import jax
+    import numpy as np
+
+    from nucjax import inference
+    from nucjax.data import synthetic
+    from nucjax.data.pipeline import normalize_image
+
+    config = FLAGS.config
+    weights = "trained"
+    try:
+        if not FLAGS.workdir:
+            raise inference.CheckpointNotFoundError("no --workdir given")
+        spec, variables, step = inference.load_model(config, FLAGS.workdir)
+        weights = f"trained, step {step} of {FLAGS.workdir}"
+    except inference.CheckpointNotFoundError as e:
+        print(f"{e}: timing FRESHLY INITIALISED weights (post-processing times not representative)")
+        spec, variables, step = inference.fresh_model(config)
+        weights = "freshly initialised"
+    ev = config.eval
+    rows = []
+    for size in (int(s) for s in FLAGS.sizes.split(",") if s):
+        image, _ = synthetic.synthetic_example(np.random.default_rng(size), size, False)
+        image = normalize_image(image)
+        times = []
+        for _ in range(FLAGS.repeats + 1):
+            start = time.perf_counter()
+            p = inference.segment_image(
+                spec, variables, image, tile_size=ev.tile_size, overlap=ev.tile_overlap
+            )
+            times.append((time.perf_counter() - start, p.predict_s, p.postprocess_s))
+        first, rest = times[0], times[1:] or times[:1]
+        tile_rows, tile_cols, _ = inference.tile_grid(
+            size, size, spec.stride, ev.tile_size, ev.tile_overlap
+        )
+        rows.append(
+            {
+                "size": size,
+                "tiles": len(tile_rows) * len(tile_cols),
+                "first_call_s": first[0],
+                "total_s": statistics.median(t[0] for t in rest),
+                "network_s": statistics.median(t[1] for t in rest),
+                "postprocess_s": statistics.median(t[2] for t in rest),
+                "nuclei": int(p.instances.label.max()),
+            }
+        )
+    result = {
+        "model": config.model.name,
+        "weights": weights,
+        "device": str(jax.devices()[0]),
+        "tile_size": ev.tile_size,
+        "tile_overlap": ev.tile_overlap,
+        "repeats": FLAGS.repeats,
+        "rows": rows,
+    }
+    print(f"{config.model.name}, {weights}, on {result['device']}")
+    print(
+        "| size | tiles | first call (compile) s | total s | network s | post-process s | nuclei |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['size']} | {r['tiles']} | {r['first_call_s']:.2f} | {r['total_s']:.3f} | "
+            f"{r['network_s']:.3f} | {r['postprocess_s']:.3f} | {r['nuclei']} |"
+        )
+    if FLAGS.out:
+        inference.write_text(FLAGS.out, json.dumps(result, indent=2) + "\n")
+        print(f"written: {FLAGS.out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

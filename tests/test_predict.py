@@ -1,0 +1,192 @@
+"""predict: image files of every kind -> label TIFFs, probabilities, overlays, tables, CSV."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from configs import unet
+from nucjax import checkpoint, inference, predict
+from nucjax.data import rle, synthetic
+from nucjax.data.pipeline import normalize_image, to_rgb
+from tests.conftest import REPO
+from tests.test_inference import threshold_workdir
+
+GOOD = ("grey", "colour", "rgba", "deep", "planar", "flat")
+BAD = ("text", "dot", "stack")
+
+
+def _nuclei(shape, seed):
+    rng = np.random.default_rng(seed)
+    return synthetic.synthetic_example(rng, shape, False, colour="grey")[0]
+
+
+def write_inputs(folder):
+    """Good images of every kind, bad files, and a file that is no image at all."""
+    os.makedirs(folder)
+    f = lambda name: os.path.join(folder, name)  # noqa: E731
+    Image.fromarray(_nuclei((64, 64), 0)[..., 0]).save(f("grey.png"))  # 8-bit grey
+    Image.fromarray(_nuclei((70, 80), 1)).save(f("colour.jpg"), quality=95)
+    rgba = np.concatenate([_nuclei((48, 40), 2), np.full((48, 40, 1), 255, np.uint8)], -1)
+    Image.fromarray(rgba).save(f("rgba.png"))
+    # 16-bit grey larger than the 64 px tile in both directions: tiled.
+    tifffile.imwrite(f("deep.tif"), _nuclei((150, 97), 3)[..., 0].astype(np.uint16) * 257)
+    planar = np.moveaxis(_nuclei((40, 50), 4), -1, 0)  # (3, H, W), as microscopes write
+    tifffile.imwrite(f("planar.tiff"), planar, photometric="rgb", planarconfig="separate")
+    Image.fromarray(np.full((32, 32), 90, np.uint8)).save(f("flat.png"))  # no nuclei
+    with open(f("text.png"), "w") as fh:
+        fh.write("this is not a PNG\n")
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(f("dot.png"))
+    tifffile.imwrite(f("stack.tif"), np.zeros((2, 3, 16, 16), np.uint16), photometric="minisblack")
+    with open(f("notes.txt"), "w") as fh:
+        fh.write("ignored\n")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    config = threshold_workdir(root / "workdir")
+    write_inputs(str(root / "in"))
+    out = str(root / "out")
+    summary = predict.predict_folder(
+        config, str(root / "workdir"), [str(root / "in")], out, figure_images=["deep", "nope"]
+    )
+    return config, root, out, summary
+
+
+def _expected(config, root, name):
+    """The label the model gives for an input file, computed here from its pixels."""
+    spec, variables, _ = inference.load_model(config, str(root / "workdir"))
+    image = normalize_image(to_rgb(predict.read_image(str(root / "in" / name))))
+    ev = config.eval
+    return inference.segment_image(
+        spec, variables, image, tile_size=ev.tile_size, overlap=ev.tile_overlap
+    )
+
+
+def test_summary_counts_processed_and_skipped(run):
+    _, _, out, summary = run
+    assert summary["processed"] == len(GOOD) and summary["skipped"] == len(BAD)
+    assert [i["image_id"] for i in summary["images"]] == sorted(GOOD)
+    reasons = {os.path.basename(s["file"]): s["reason"] for s in summary["skipped_files"]}
+    assert set(reasons) == {"text.png", "dot.png", "stack.tif"}
+    assert reasons["text.png"].startswith("text.png: not a readable image")
+    assert "1x1 pixels" in reasons["dot.png"] and "4-D" in reasons["stack.tif"]
+    assert [os.path.basename(p) for p in summary["ignored_files"]] == ["notes.txt"]
+    assert summary["figures_not_found"] == ["nope"]
+    assert json.load(open(os.path.join(out, "summary.json")))["skipped"] == len(BAD)
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+def test_outputs_of_every_good_image(run):
+    config, root, out, summary = run
+    for item in summary["images"]:
+        stem, h, w = item["image_id"], item["height"], item["width"]
+        label = tifffile.imread(os.path.join(out, f"{stem}_labels.tif"))
+        assert label.dtype == np.uint16 and label.shape == (h, w)
+        prob = tifffile.imread(os.path.join(out, f"{stem}_prob.tif"))
+        assert prob.dtype == np.float32 and prob.shape == (h, w)
+        assert 0 <= prob.min() and prob.max() <= 1
+        assert np.asarray(Image.open(os.path.join(out, f"{stem}_overlay.png"))).shape == (h, w, 3)
+        with open(os.path.join(out, f"{stem}_nuclei.csv")) as f:
+            table = list(csv.DictReader(f))
+        assert len(table) == label.max() == item["nuclei"]
+        assert sum(int(r["area"]) for r in table) == np.count_nonzero(label)
+        assert all(0 < float(r["score"]) <= 1 for r in table)
+    assert summary["images"][0]["image_id"] == "colour"
+    assert {i["image_id"]: i["nuclei"] for i in summary["images"]}["flat"] == 0
+    assert sum(i["nuclei"] for i in summary["images"]) > 10  # it found nuclei
+
+
+def test_label_tiff_round_trips_and_submission_decodes(run):
+    config, root, out, summary = run
+    with open(os.path.join(out, "submission.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert set(rows[0]) == {"ImageId", "EncodedPixels"}
+    by_id = {}
+    for r in rows:
+        by_id.setdefault(r["ImageId"], []).append(r["EncodedPixels"])
+    assert list(by_id) == sorted(GOOD)
+    assert by_id["flat"] == [""]  # no nuclei: one empty row, as Kaggle expected
+    for name, stem in (("deep.tif", "deep"), ("planar.tiff", "planar"), ("grey.png", "grey")):
+        p = _expected(config, root, name)
+        label = tifffile.imread(os.path.join(out, f"{stem}_labels.tif"))
+        np.testing.assert_array_equal(label, p.instances.label)
+        decoded = rle.labels_from_rle(by_id[stem], label.shape)
+        np.testing.assert_array_equal(decoded, label)
+        prob = tifffile.imread(os.path.join(out, f"{stem}_prob.tif"))
+        np.testing.assert_array_equal(prob, p.foreground)
+
+
+def test_16_bit_and_channel_first_inputs_read_as_images(run):
+    _, root, _, _ = run
+    deep = predict.read_image(str(root / "in" / "deep.tif"))
+    assert deep.dtype == np.uint16 and deep.shape == (150, 97)
+    assert predict.read_image(str(root / "in" / "planar.tiff")).shape == (40, 50, 3)
+    assert predict.read_image(str(root / "in" / "rgba.png")).shape == (48, 40, 4)
+
+
+def test_figure_is_written(run):
+    _, _, out, summary = run
+    figure = Image.open(os.path.join(out, "deep_figure.png"))
+    assert figure.format == "PNG" and figure.width > 2 * 97 and figure.height > 150
+    assert summary["images"][1]["outputs"]["figure"].endswith("deep_figure.png")
+
+
+def test_clear_errors(tmp_path, run):
+    config, root, _, _ = run
+    workdir = str(root / "workdir")
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="holds no images"):
+        predict.predict_folder(config, workdir, [str(tmp_path / "empty")], str(tmp_path / "o"))
+    with pytest.raises(FileNotFoundError, match="missing.png does not exist"):
+        predict.predict_folder(config, workdir, [str(tmp_path / "missing.png")], str(tmp_path))
+    with pytest.raises(checkpoint.IncompatibleCheckpointError, match="'simple_cnn' model"):
+        predict.predict_folder(
+            unet.get_config("tiny"), workdir, [str(root / "in")], str(tmp_path / "o")
+        )
+    assert not os.path.exists(tmp_path / "o" / "submission.csv")
+
+
+def test_duplicate_stems_are_skipped(tmp_path, run):
+    config, root, _, _ = run
+    image = _nuclei((32, 32), 5)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    summary = predict.predict_folder(
+        config, str(root / "workdir"), [str(tmp_path)], str(tmp_path / "o")
+    )
+    assert summary["processed"] == 1 and "would overwrite" in summary["skipped_files"][0]["reason"]
+
+
+def test_predict_split_writes_a_submission(tmp_path, run):
+    config, root, _, _ = run
+    summary = predict.predict_split(
+        config, str(root / "workdir"), "validation", str(tmp_path), image_outputs=False
+    )
+    assert summary["processed"] == config.data.synthetic_num_images
+    with open(summary["submission"]) as f:
+        ids = {r["ImageId"] for r in csv.DictReader(f)}
+    assert ids == {f"synthetic-{i:05d}" for i in range(config.data.synthetic_num_images)}
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tif")]
+
+
+def test_command_line(tmp_path, run):
+    _, root, _, _ = run
+    cmd = [
+        sys.executable, "-m", "nucjax.main", "--mode=predict",
+        "--config=configs/simple_cnn.py:tiny", "--config.model.target=binary",
+        f"--workdir={root / 'workdir'}", f"--input={root / 'in' / 'grey.png'}",
+        f"--output={tmp_path}", "--figure_image=grey.png",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1 images segmented, 0 skipped (checkpoint step 7)" in done.stdout
+    assert os.path.exists(tmp_path / "grey_labels.tif")
+    assert os.path.exists(tmp_path / "grey_figure.png")
