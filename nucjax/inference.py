@@ -12,9 +12,8 @@ that holds it farthest from a tile edge ("keep the centre"): the overlap is spli
 So for a network whose receptive field reaches at most overlap / 2 pixels, tiling reproduces
 the single-pass prediction exactly; for larger fields it removes the seams tile edges cause.
 
-Per-pixel (semantic) models are tileable. A spec with `tileable = False` (an attribute read
-with default True; for example a detector such as Mask R-CNN whose outputs are not per-pixel
-maps) is run once on the whole stride-padded image; its foreground map and nuclei are then
+Per-pixel (semantic) models are tileable. A spec with `tileable=False` (a detector such as Mask R-CNN,
+whose outputs are not per-pixel maps) is run once on the whole stride-padded image; its foreground map and nuclei are then
 cropped back to the image.
 
 Also here: write_atomically, used by every writer of evaluate/predict/figures so that a crash
@@ -121,10 +120,6 @@ def _apply(module, variables, images):
     return module.apply(variables, images, train=False)
 
 
-def is_tileable(spec: ModelSpec) -> bool:
-    return bool(getattr(spec, "tileable", True))
-
-
 def round_to_stride(size: int, stride: int) -> int:
     return -(-int(size) // stride) * stride
 
@@ -195,7 +190,7 @@ def predict_image(
     stride = spec.stride
     hp, wp = round_to_stride(h, stride), round_to_stride(w, stride)
     padded = np.pad(image, ((0, hp - h), (0, wp - w), (0, 0)))
-    if not is_tileable(spec):
+    if not spec.tileable:
         outputs = _apply(spec.module, variables, padded[None])
         return jax.tree.map(lambda x: np.asarray(x[0]), outputs)
     rows, cols, (th, tw) = tile_grid(h, w, stride, tile_size, overlap)
@@ -245,7 +240,7 @@ def segment_image(
     foreground = np.asarray(spec.foreground(batched), np.float32)[0, :h, :w]
     t1 = time.perf_counter()
     instances = spec.postprocess(outputs)
-    if not is_tileable(spec):
+    if not spec.tileable:
         instances = _crop_instances(instances, h, w)
     label = np.asarray(instances.label, np.int32)
     if label.shape != (h, w):

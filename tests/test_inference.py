@@ -17,7 +17,6 @@ from configs import simple_cnn, unet
 from nucjax import checkpoint, inference, models
 from nucjax.data import synthetic
 from nucjax.data.pipeline import normalize_image
-from nucjax.models.spec import ModelSpec
 
 
 def threshold_config():
@@ -169,19 +168,12 @@ def test_write_atomically_leaves_nothing_on_failure(tmp_path):
     assert open(path).read() == "old" and os.listdir(tmp_path) == ["out.txt"]
 
 
-@dataclasses.dataclass(frozen=True)
-class WholeImageSpec(ModelSpec):
-    """A spec that asks for whole-image inference, as a detector's would."""
-
-    tileable: bool = False
-
-
 def test_untileable_spec_runs_whole_padded_image_and_is_cropped_back():
     config = threshold_config()
     spec, variables = random_model(config)
     variables = {**variables, "params": _threshold_params(variables["params"])}
-    whole = WholeImageSpec(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)})
-    whole = dataclasses.replace(whole, stride=8)
+    # Whole-image inference, as a detector's spec asks for.
+    whole = dataclasses.replace(spec, tileable=False, stride=8)
     image, _ = _image((150, 97), seed=2)
     padded = inference.predict_image(whole, variables, image, tile_size=32, overlap=8)
     assert padded.shape == (152, 104, 1)  # padded to the stride, never tiled
