@@ -12,9 +12,9 @@ that holds it farthest from a tile edge ("keep the centre"): the overlap is spli
 So for a network whose receptive field reaches at most overlap / 2 pixels, tiling reproduces
 the single-pass prediction exactly; for larger fields it removes the seams tile edges cause.
 
-Per-pixel (semantic) models are tileable. A spec with `tileable=False` (a detector such as Mask R-CNN,
-whose outputs are not per-pixel maps) is run once on the whole stride-padded image; its foreground map and nuclei are then
-cropped back to the image.
+Per-pixel (semantic) models are tileable. A spec with `tileable=False` (a detector such as
+Mask R-CNN, whose outputs are not per-pixel maps) is run once on the whole stride-padded image;
+its foreground map and nuclei are then cropped back to the image.
 
 Also here: write_atomically, used by every writer of evaluate/predict/figures so that a crash
 never leaves a half-written output file, and a per-image progress line.

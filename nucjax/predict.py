@@ -42,7 +42,8 @@ from skimage.segmentation import find_boundaries
 
 from nucjax import figures, inference
 from nucjax.data import rle
-from nucjax.data.pipeline import normalize_image, to_rgb
+from nucjax.data.images import to_rgb
+from nucjax.data.pipeline import normalize_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 # Files this module writes: never read back as inputs when the output folder is an input.

@@ -14,7 +14,8 @@ from PIL import Image
 from configs import unet
 from nucjax import checkpoint, inference, predict
 from nucjax.data import rle, synthetic
-from nucjax.data.pipeline import normalize_image, to_rgb
+from nucjax.data.images import to_rgb
+from nucjax.data.pipeline import normalize_image
 from tests.conftest import REPO
 from tests.test_inference import threshold_workdir
 

@@ -20,8 +20,8 @@ floor of one grey level keeps flat images from turning quantisation noise into s
 it is affine per image, applying the whole image's statistics to a crop equals normalising the
 whole image and then cropping; padding is 0 after normalisation.
 
-TensorFlow is imported only when a tf.data function runs: normalize_image and to_rgb work
-without it.
+TensorFlow is imported only when a tf.data function runs: normalize_image works without it.
+To bring a stored image to (H, W, 3) uint8 first, use nucjax.data.images.to_rgb.
 """
 
 from __future__ import annotations
@@ -71,29 +71,6 @@ def normalize_image_tf(image):
     mean = tf.reduce_mean(x)
     std = tf.sqrt(tf.reduce_mean(tf.square(x - mean)))
     return tf.cast((x - mean) / tf.maximum(std, MIN_STD), tf.float32)
-
-
-def to_rgb(image: np.ndarray) -> np.ndarray:
-    """Grey (H, W), (H, W, 1), grey + alpha (H, W, 2), RGB or RGBA -> (H, W, 3) uint8.
-
-    Alpha is dropped. uint8 passes through; bool becomes 0/255; any other type (16-bit,
-    float) is rescaled to 0..255 by the image's own range, since only relative intensity
-    matters after normalize_image.
-    """
-    x = np.asarray(image)
-    if x.ndim == 2:
-        x = x[..., None]
-    if x.ndim != 3 or x.shape[-1] not in (1, 2, 3, 4):
-        raise ValueError(f"expected a (H, W), (H, W, 1|2|3|4) image, got shape {x.shape}")
-    x = x[..., :3] if x.shape[-1] >= 3 else np.repeat(x[..., :1], 3, axis=-1)
-    if x.dtype == np.uint8:
-        return np.ascontiguousarray(x)
-    if x.dtype == bool:
-        return x.astype(np.uint8) * 255
-    x = x.astype(np.float64)
-    low, high = x.min(), x.max()
-    scaled = (x - low) * (255.0 / (high - low)) if high > low else np.zeros_like(x)
-    return np.round(scaled).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- training
@@ -335,6 +312,5 @@ __all__ = [
     "normalize_image",
     "normalize_image_tf",
     "tile_image",
-    "to_rgb",
     "train_batches",
 ]

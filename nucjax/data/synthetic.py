@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-# Indices into nucjax.data.dsb2018.MODALITIES, its `modality` feature.
+# Indices into nucjax.data.images.MODALITIES, the `modality` feature of nucjax.data.dsb2018.
 FLUORESCENCE, BRIGHTFIELD, HISTOLOGY = 0, 1, 2
 
 # Per-channel gain of the stain (fluorescence) or absorption (brightfield), and background tint.

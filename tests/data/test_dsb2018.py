@@ -1,4 +1,4 @@
-"""DSB 2018 fetch, readers, modality rule and TFDS builder, on tiny fake sources built here.
+"""DSB 2018 fetch, readers and TFDS builder, on tiny fake sources built here.
 
 The real-data test at the end builds the real set (the session fixture `dsb_data_dir`).
 """
@@ -18,7 +18,8 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from nucjax.data import dsb2018, rle
+from nucjax.data import dsb2018, dsb2018_fetch, dsb2018_readers, images, rle
+from nucjax.data.dsb2018_readers import Dsb2018Error
 
 # ------------------------------------------------------------------------ fake source helpers
 
@@ -97,7 +98,7 @@ def write_fake_source(folder: pathlib.Path, *, num_train=10, solution=False, see
                 for text in rle.label_to_rles(label):
                     csv.write(f"{image_id},{text},{image.shape[0]},{image.shape[1]},Public\n")
     expected["checksums"] = {
-        name: dsb2018.sha256_file(folder / name) for name in dsb2018.PINNED_SHA256
+        name: dsb2018_fetch.sha256_file(folder / name) for name in dsb2018_fetch.PINNED_SHA256
     }
     return expected
 
@@ -129,7 +130,7 @@ def first_mask(path: pathlib.Path) -> str:
 
 def test_read_train_zip_matches_what_was_written(fake):
     source, expected = fake
-    got = list(dsb2018.read_train_zip(source / "stage1_train.zip"))
+    got = list(dsb2018_readers.read_train_zip(source / "stage1_train.zip"))
     assert [image_id for image_id, _, _ in got] == sorted(expected["train"])
     for image_id, image, label in got:
         want_image, want_label = expected["train"][image_id]
@@ -141,8 +142,8 @@ def test_read_train_zip_matches_what_was_written(fake):
 
 def test_csv_reader_equals_png_reader(fake):
     source, _ = fake
-    from_png = dsb2018.read_train_zip(source / "stage1_train.zip")
-    from_csv = dsb2018.read_train_csv(
+    from_png = dsb2018_readers.read_train_zip(source / "stage1_train.zip")
+    from_csv = dsb2018_readers.read_train_csv(
         source / "stage1_train.zip", source / "stage1_train_labels.csv"
     )
     for (id_a, image_a, label_a), (id_b, image_b, label_b) in zip(from_png, from_csv, strict=True):
@@ -153,7 +154,7 @@ def test_csv_reader_equals_png_reader(fake):
 
 def test_read_image_zip_test_set(fake):
     source, expected = fake
-    got = dict(dsb2018.read_image_zip(source / "stage1_test.zip"))
+    got = dict(dsb2018_readers.read_image_zip(source / "stage1_test.zip"))
     assert sorted(got) == sorted(expected["test"])
     for image_id, image in got.items():
         np.testing.assert_array_equal(image, expected["test"][image_id][0])
@@ -166,8 +167,8 @@ def test_truncated_zip(fake):
     source, _ = fake
     path = source / "stage1_train.zip"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(dsb2018.Dsb2018Error, match="stage1_train.zip: not a readable zip"):
-        list(dsb2018.read_train_zip(path))
+    with pytest.raises(Dsb2018Error, match="stage1_train.zip: not a readable zip"):
+        list(dsb2018_readers.read_train_zip(path))
 
 
 def test_corrupt_zip_member(fake):
@@ -179,16 +180,16 @@ def test_corrupt_zip_member(fake):
     start = info.header_offset + 30 + len(info.filename)  # past the local header
     data[start : start + 16] = bytes(16)
     path.write_bytes(bytes(data))
-    with pytest.raises(dsb2018.Dsb2018Error, match=f"member {info.filename} is corrupt"):
-        list(dsb2018.read_train_zip(path))
+    with pytest.raises(Dsb2018Error, match=f"member {info.filename} is corrupt"):
+        list(dsb2018_readers.read_train_zip(path))
 
 
 def test_corrupt_png(fake):
     source, _ = fake
     path, bad = source / "stage1_train.zip", first_mask(source / "stage1_train.zip")
     rewrite_zip(path, lambda name, data: data[:40] if name == bad else data)
-    with pytest.raises(dsb2018.Dsb2018Error, match=f"{bad}: not a readable PNG"):
-        list(dsb2018.read_train_zip(path))
+    with pytest.raises(Dsb2018Error, match=f"{bad}: not a readable PNG"):
+        list(dsb2018_readers.read_train_zip(path))
 
 
 def test_mask_size_differs_from_image(fake):
@@ -196,8 +197,8 @@ def test_mask_size_differs_from_image(fake):
     path, bad = source / "stage1_train.zip", first_mask(source / "stage1_train.zip")
     small = png_bytes(np.zeros((5, 5), np.uint8))
     rewrite_zip(path, lambda name, data: small if name == bad else data)
-    with pytest.raises(dsb2018.Dsb2018Error, match=f"{bad}: mask is 5x5, its image"):
-        list(dsb2018.read_train_zip(path))
+    with pytest.raises(Dsb2018Error, match=f"{bad}: mask is 5x5, its image"):
+        list(dsb2018_readers.read_train_zip(path))
 
 
 def test_overlapping_masks(fake):
@@ -208,25 +209,27 @@ def test_overlapping_masks(fake):
         first, second = sorted(n for n in zf.namelist() if n.startswith(f"{image_id}/masks/"))[:2]
     full = png_bytes(np.full(expected["train"][image_id][1].shape, 255, np.uint8))
     rewrite_zip(path, lambda name, data: full if name == first else data)  # covers the rest
-    with pytest.raises(dsb2018.Dsb2018Error, match=f"{second}: mask overlaps"):
-        list(dsb2018.read_train_zip(path))
+    with pytest.raises(Dsb2018Error, match=f"{second}: mask overlaps"):
+        list(dsb2018_readers.read_train_zip(path))
 
 
 def test_empty_masks_folder_is_an_error(fake):
     source, expected = fake
     path, victim = source / "stage1_train.zip", sorted(expected["train"])[0]
     rewrite_zip(path, lambda name, data: None if name.startswith(f"{victim}/masks/") else data)
-    with pytest.raises(dsb2018.Dsb2018Error, match=f"{victim}/masks/ is empty"):
-        list(dsb2018.read_train_zip(path))
+    with pytest.raises(Dsb2018Error, match=f"{victim}/masks/ is empty"):
+        list(dsb2018_readers.read_train_zip(path))
 
 
 def test_csv_id_not_in_zip(fake):
     source, _ = fake
     with open(source / "stage1_train_labels.csv", "a") as csv:
         csv.write("ghost0123,1 3\n")
-    with pytest.raises(dsb2018.Dsb2018Error, match="not in .*stage1_train.zip, e.g. ghost0123"):
+    with pytest.raises(Dsb2018Error, match="not in .*stage1_train.zip, e.g. ghost0123"):
         list(
-            dsb2018.read_train_csv(source / "stage1_train.zip", source / "stage1_train_labels.csv")
+            dsb2018_readers.read_train_csv(
+                source / "stage1_train.zip", source / "stage1_train_labels.csv"
+            )
         )
 
 
@@ -237,8 +240,8 @@ def test_malformed_csv_row_names_csv_and_image(fake):
     row = next(i for i, line in enumerate(lines) if line.startswith(victim))
     lines[row] = f"{victim},1 2 3"
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(dsb2018.Dsb2018Error, match=f"labels.csv: image {victim}: .*odd number"):
-        list(dsb2018.read_train_csv(source / "stage1_train.zip", path))
+    with pytest.raises(Dsb2018Error, match=f"labels.csv: image {victim}: .*odd number"):
+        list(dsb2018_readers.read_train_csv(source / "stage1_train.zip", path))
 
 
 # ------------------------------------------------------------------------------------ fetch
@@ -246,7 +249,7 @@ def test_malformed_csv_row_names_csv_and_image(fake):
 
 def test_fetch_copies_verifies_and_does_not_refetch(fake, tmp_path, monkeypatch):
     source, expected = fake
-    folder = dsb2018.fetch(
+    folder = dsb2018_fetch.fetch(
         data_dir=tmp_path / "tfds", source=str(source), checksums=expected["checksums"]
     )
     assert folder == tmp_path / "tfds" / "downloads" / "dsb2018"
@@ -260,8 +263,10 @@ def test_fetch_copies_verifies_and_does_not_refetch(fake, tmp_path, monkeypatch)
         asked.append(name)
         raise FileNotFoundError(name)
 
-    monkeypatch.setattr(dsb2018, "_open_source_file", absent)
-    dsb2018.fetch(data_dir=tmp_path / "tfds", source=str(source), checksums=expected["checksums"])
+    monkeypatch.setattr(dsb2018_fetch, "_open_source_file", absent)
+    dsb2018_fetch.fetch(
+        data_dir=tmp_path / "tfds", source=str(source), checksums=expected["checksums"]
+    )
     assert asked == ["stage1_solution.csv"]  # only the absent optional file is looked for
 
 
@@ -270,31 +275,31 @@ def test_fetch_checksum_mismatch(fake, tmp_path):
     sums = dict(expected["checksums"], **{"stage1_test.zip": "0" * 64})
     actual = expected["checksums"]["stage1_test.zip"]
     with pytest.raises(
-        dsb2018.Dsb2018Error, match=f"stage1_test.zip: .*expected sha256 0{{64}}, got {actual}"
+        Dsb2018Error, match=f"stage1_test.zip: .*expected sha256 0{{64}}, got {actual}"
     ):
-        dsb2018.fetch(data_dir=tmp_path, source=str(source), checksums=sums)
+        dsb2018_fetch.fetch(data_dir=tmp_path, source=str(source), checksums=sums)
     assert not (tmp_path / "downloads" / "dsb2018" / "stage1_test.zip").exists()
     assert not (tmp_path / "downloads" / "dsb2018" / "stage1_test.zip.part").exists()
 
 
 def test_pinned_sums_reject_fake_files(fake, tmp_path):
     source, _ = fake
-    with pytest.raises(dsb2018.Dsb2018Error, match="stage1_train.zip: checksum mismatch"):
-        dsb2018.fetch(data_dir=tmp_path, source=str(source))
+    with pytest.raises(Dsb2018Error, match="stage1_train.zip: checksum mismatch"):
+        dsb2018_fetch.fetch(data_dir=tmp_path, source=str(source))
 
 
 def test_fetch_missing_file(fake, tmp_path):
     source, expected = fake
     (source / "stage1_train_labels.csv").unlink()
     with pytest.raises(FileNotFoundError, match="stage1_train_labels.csv: not found in the source"):
-        dsb2018.fetch(data_dir=tmp_path, source=str(source), checksums=expected["checksums"])
+        dsb2018_fetch.fetch(data_dir=tmp_path, source=str(source), checksums=expected["checksums"])
 
 
 def test_fetch_file_url_and_env_source(fake, tmp_path, monkeypatch):
     source, expected = fake
     monkeypatch.setenv("NUCJAX_DSB2018_SOURCE", source.as_uri())
     monkeypatch.setenv("TFDS_DATA_DIR", os.fspath(tmp_path / "env_tfds"))
-    folder = dsb2018.fetch(checksums=expected["checksums"])
+    folder = dsb2018_fetch.fetch(checksums=expected["checksums"])
     assert folder == tmp_path / "env_tfds" / "downloads" / "dsb2018"
     assert (folder / "stage1_train.zip").is_file()
 
@@ -308,54 +313,24 @@ def test_fetch_over_http_with_optional_solution(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/"
-        folder = dsb2018.fetch(data_dir=tmp_path / "a", source=url, checksums=expected["checksums"])
+        folder = dsb2018_fetch.fetch(
+            data_dir=tmp_path / "a", source=url, checksums=expected["checksums"]
+        )
         assert (folder / "stage1_solution.csv").read_bytes() == (
             source / "stage1_solution.csv"
         ).read_bytes()
         (source / "stage1_solution.csv").unlink()  # optional: a 404 is fine
-        folder = dsb2018.fetch(data_dir=tmp_path / "b", source=url, checksums=expected["checksums"])
+        folder = dsb2018_fetch.fetch(
+            data_dir=tmp_path / "b", source=url, checksums=expected["checksums"]
+        )
         assert not (folder / "stage1_solution.csv").exists()
         (source / "stage1_test.zip").unlink()  # required: a 404 is an error
         with pytest.raises(FileNotFoundError, match="stage1_test.zip: not found at .*404"):
-            dsb2018.fetch(data_dir=tmp_path / "c", source=url, checksums=expected["checksums"])
+            dsb2018_fetch.fetch(
+                data_dir=tmp_path / "c", source=url, checksums=expected["checksums"]
+            )
     finally:
         server.shutdown()
-
-
-# --------------------------------------------------------------------------------- modality
-
-
-def blobs(background, nucleus, shape=(64, 64)) -> np.ndarray:
-    image = np.empty((*shape, 3), np.uint8)
-    image[:] = background
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    for cy, cx in [(16, 16), (16, 48), (48, 16), (48, 48), (32, 32)]:
-        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = nucleus
-    return image
-
-
-@pytest.mark.parametrize(
-    "image, modality",
-    [
-        (blobs(10, 200), "fluorescence"),  # grey, dark background
-        (blobs((5, 20, 5), (40, 220, 60)), "fluorescence"),  # coloured but dark
-        (blobs(230, 90), "brightfield"),  # grey, bright
-        (blobs((225, 160, 205), (120, 60, 160)), "histology"),  # pink eosin, purple nuclei
-        (blobs((215, 215, 222), (130, 90, 190)), "histology"),  # white, purple nuclei
-        (blobs((235, 235, 205), (120, 80, 170)), "brightfield"),  # yellow, purple nuclei
-        (blobs((210, 200, 120), (120, 110, 60)), "brightfield"),  # yellow-brown stain
-    ],
-)
-def test_modality(image, modality):
-    assert dsb2018.modality_of(image) == modality
-    assert dsb2018.modality_of(np.concatenate([image, np.full_like(image[..., :1], 7)], -1)) == (
-        modality
-    )  # alpha ignored
-
-
-def test_modality_of_grey_2d():
-    assert dsb2018.modality_of(blobs(10, 200)[..., 0]) == "fluorescence"
-    assert dsb2018.modality_of(blobs(230, 90)[..., 0]) == "brightfield"
 
 
 # -------------------------------------------------------------------------------- splitting
@@ -416,7 +391,7 @@ def test_builder_on_fake_source(fake, tmp_path, monkeypatch):
         assert example["image"].dtype == np.uint8 and example["label"].dtype == np.int32
         np.testing.assert_array_equal(example["image"], image)
         np.testing.assert_array_equal(example["label"], label)
-        assert example["modality"] == dsb2018.MODALITIES.index(dsb2018.modality_of(image))
+        assert example["modality"] == images.MODALITIES.index(images.modality_of(image))
     test = load_split(tmp_path, "test", **kwargs)
     assert sorted(test) == sorted(expected["test"])
     for image_id, example in test.items():
@@ -461,7 +436,7 @@ def test_failed_build_never_looks_complete(fake, tmp_path):
     good = path.read_bytes()
     rewrite_zip(path, lambda name, data: data[:50] if name.startswith("test1/") else data)
     sums = dict(expected["checksums"], **{"stage1_test.zip": None})
-    with pytest.raises(dsb2018.Dsb2018Error, match="test1.png: not a readable PNG"):
+    with pytest.raises(Dsb2018Error, match="test1.png: not a readable PNG"):
         dsb2018.prepare(data_dir=tmp_path, source=str(source), checksums=sums)
     builder = dsb2018.Dsb2018(config=dsb2018.builder_config(), data_dir=os.fspath(tmp_path))
     assert not builder.is_prepared()
@@ -476,7 +451,7 @@ def test_builder_rejects_csv_id_missing_from_zip(fake, tmp_path):
     with open(source / "stage1_train_labels.csv", "a") as csv:
         csv.write("ghost0123,1 3\n")
     sums = dict(expected["checksums"], **{"stage1_train_labels.csv": None})
-    with pytest.raises(dsb2018.Dsb2018Error, match="ghost0123"):
+    with pytest.raises(Dsb2018Error, match="ghost0123"):
         dsb2018.prepare(data_dir=tmp_path, source=str(source), checksums=sums)
 
 
@@ -500,7 +475,7 @@ def test_real_dataset(dsb_data_dir, dsb_source):
             dsb2018.as_dataset("validation", data_dir=dsb_data_dir).map(lambda ex: {"id": ex["id"]})
         )
     ]
-    from_png = dsb2018.read_train_zip(dsb_source / "stage1_train.zip")
+    from_png = dsb2018_readers.read_train_zip(dsb_source / "stage1_train.zip")
     ids, nuclei = [], 0
     for example, (image_id, image, label) in zip(
         sorted_examples(dsb_data_dir, "train", "validation"), from_png, strict=True

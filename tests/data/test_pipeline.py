@@ -46,21 +46,6 @@ def test_normalize_numpy_matches_tensorflow():
     np.testing.assert_array_equal(pipeline.normalize_image(np.full((2, 2, 3), 9)), 0.0)
 
 
-def test_to_rgb():
-    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    for image in (grey, grey[..., None]):
-        got = pipeline.to_rgb(image)
-        assert got.shape == (3, 4, 3) and got.dtype == np.uint8
-        np.testing.assert_array_equal(got, np.stack([grey] * 3, -1))
-    rgba = np.random.default_rng(0).integers(0, 256, (3, 4, 4), dtype=np.uint8)
-    np.testing.assert_array_equal(pipeline.to_rgb(rgba), rgba[..., :3])
-    deep = np.array([[1000, 1500], [2000, 3000]], np.uint16)
-    np.testing.assert_array_equal(pipeline.to_rgb(deep)[..., 1], [[0, 64], [128, 255]])
-    np.testing.assert_array_equal(pipeline.to_rgb(np.full((2, 2), 5000, np.uint16)), 0)
-    with pytest.raises(ValueError, match="shape"):
-        pipeline.to_rgb(np.zeros((2, 2, 5), np.uint8))
-
-
 def test_tile_image_covers_every_pixel_once():
     label = np.arange(5 * 7, dtype=np.int32).reshape(5, 7)
     image = np.ones((5, 7, 3), np.float32)

@@ -1,0 +1,57 @@
+"""Image helpers: to_rgb on every supported layout and type, modality_of on drawn images."""
+
+import numpy as np
+import pytest
+
+from nucjax.data import images
+
+
+def test_to_rgb():
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    for image in (grey, grey[..., None]):
+        got = images.to_rgb(image)
+        assert got.shape == (3, 4, 3) and got.dtype == np.uint8
+        np.testing.assert_array_equal(got, np.stack([grey] * 3, -1))
+    rgba = np.random.default_rng(0).integers(0, 256, (3, 4, 4), dtype=np.uint8)
+    np.testing.assert_array_equal(images.to_rgb(rgba), rgba[..., :3])
+    deep = np.array([[1000, 1500], [2000, 3000]], np.uint16)
+    np.testing.assert_array_equal(images.to_rgb(deep)[..., 1], [[0, 64], [128, 255]])
+    np.testing.assert_array_equal(images.to_rgb(np.full((2, 2), 5000, np.uint16)), 0)
+    with pytest.raises(ValueError, match="shape"):
+        images.to_rgb(np.zeros((2, 2, 5), np.uint8))
+
+
+# --------------------------------------------------------------------------------- modality
+
+
+def blobs(background, nucleus, shape=(64, 64)) -> np.ndarray:
+    image = np.empty((*shape, 3), np.uint8)
+    image[:] = background
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for cy, cx in [(16, 16), (16, 48), (48, 16), (48, 48), (32, 32)]:
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = nucleus
+    return image
+
+
+@pytest.mark.parametrize(
+    "image, modality",
+    [
+        (blobs(10, 200), "fluorescence"),  # grey, dark background
+        (blobs((5, 20, 5), (40, 220, 60)), "fluorescence"),  # coloured but dark
+        (blobs(230, 90), "brightfield"),  # grey, bright
+        (blobs((225, 160, 205), (120, 60, 160)), "histology"),  # pink eosin, purple nuclei
+        (blobs((215, 215, 222), (130, 90, 190)), "histology"),  # white, purple nuclei
+        (blobs((235, 235, 205), (120, 80, 170)), "brightfield"),  # yellow, purple nuclei
+        (blobs((210, 200, 120), (120, 110, 60)), "brightfield"),  # yellow-brown stain
+    ],
+)
+def test_modality(image, modality):
+    assert images.modality_of(image) == modality
+    assert images.modality_of(np.concatenate([image, np.full_like(image[..., :1], 7)], -1)) == (
+        modality
+    )  # alpha ignored
+
+
+def test_modality_of_grey_2d():
+    assert images.modality_of(blobs(10, 200)[..., 0]) == "fluorescence"
+    assert images.modality_of(blobs(230, 90)[..., 0]) == "brightfield"
