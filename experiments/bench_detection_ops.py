@@ -1,4 +1,4 @@
-"""Timings of the heavier detection ops at realistic sizes (not a test; pytest skips it).
+"""Timings of the heavier detection ops at realistic sizes.
 
 Run from the repository root:
   .venv/bin/python experiments/bench_detection_ops.py            # CPU
@@ -9,12 +9,13 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import nucjax  # noqa: E402,F401  (rbg PRNG and CPU flags, as in training)
 from nucjax.detection import anchors, nms, proposals, roi_align, targets  # noqa: E402
 
 
