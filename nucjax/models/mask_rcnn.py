@@ -1,0 +1,340 @@
+"""Mask R-CNN (He et al. 2017) on a feature pyramid, in pure JAX with every shape static.
+
+  image (B, H, W, 3) -> backbone + FPN (nucjax.models.fpn) -> P2..P6
+    -> RPN head (shared 3x3 conv, objectness and deltas for K anchors a cell) on every level
+    -> proposals (nucjax.detection.proposals, per image, no gradient)
+    -> box head on 7 x 7 ROI Align of P2..P5 (class logits: background, nucleus; deltas)
+    -> mask head on 14 x 14 ROI Align (4 x conv3x3, x2 up -> 28 x 28 mask logits)
+
+Training (train=True, `label` given, rng stream "sample"): ground truth comes from the label
+image (nucjax.detection.targets.instance_boxes; ids > config.data.max_instances are dropped
+and counted in the metric gt_dropped_pixels; label -1 reads as background), anchors and
+proposals are matched and sampled, and the module returns its outputs together with the
+targets it sampled, so `loss(outputs, batch)` is a pure function: five (sum, count) terms
+(rpn_objectness, rpn_box, box_class, box_regression, mask) that the trainer divides by their
+global counts. The box head sees all sampled ROIs; the mask head only the first
+`mask_rois` slots, which hold every sampled positive (positives come first; see
+nucjax.detection.sampling), in random order.
+
+Inference (train=False): proposals -> box head -> score threshold, NMS and a static
+max_detections (box_head_detections) -> mask head on the detections. Outputs (D =
+max_detections): boxes (B, D, 4), scores (B, D), valid (B, D), masks (B, D, 28, 28) nucleus
+probabilities, and foreground (B, H, W): the maximum of the pasted masks (what the trainer's
+pixel metrics read). The mask head and the pasting skip chunks of empty detection slots, so
+their cost follows the number of nuclei, not max_detections. postprocess() pastes the masks
+of one image into a non-overlapping label image, higher scores first.
+
+Batch norm (backbone only) is trained and synchronised over the trainer's device axis; the
+FPN and the heads have no normalisation (detectron2's defaults).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nucjax import parallel
+from nucjax.detection import anchors as anchor_ops
+from nucjax.detection import inference, proposals, sampling, targets
+from nucjax.detection import losses as det_losses
+from nucjax.models import fpn, keras_import, resnet
+from nucjax.models.mask_rcnn_heads import (
+    BOX_POOL,
+    MASK_POOL,
+    BoxHead,
+    MaskHead,
+    RPNHead,
+    foreground_map,
+    masks_and_foreground,
+    pool,
+)
+from nucjax.models.spec import Instances, ModelSpec
+
+ROI_LEVELS = 4  # ROI Align reads P2..P5; P6 serves the RPN only (as in detectron2)
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorSettings:
+    """Anchors, sampling and inference settings (hashable: a static module attribute).
+
+    anchor_sizes: one anchor side (sqrt of area, pixels) per pyramid level P2, P3, ...; their
+        number sets the levels (5: P2..P6, P6 max-pooled from P5).
+    train_top_k, test_top_k: (pre-NMS proposals per level, post-NMS proposals per image).
+    mask_rois: training ROIs given to the mask head, at most the positive cap
+        floor(roi_samples * roi_positive_fraction); 0 = that cap.
+    score_threshold, nms_threshold, max_detections: final detections (box_head_detections).
+    """
+
+    anchor_sizes: tuple[float, ...] = anchor_ops.DEFAULT_SIZES
+    aspect_ratios: tuple[float, ...] = anchor_ops.DEFAULT_ASPECT_RATIOS
+    rpn_samples: int = sampling.RPN_SAMPLES[0]
+    rpn_positive_fraction: float = sampling.RPN_SAMPLES[1]
+    train_top_k: tuple[int, int] = proposals.TRAIN_TOP_K
+    test_top_k: tuple[int, int] = proposals.TEST_TOP_K
+    rpn_nms_threshold: float = proposals.NMS_THRESHOLD
+    roi_samples: int = sampling.ROI_SAMPLES[0]
+    roi_positive_fraction: float = sampling.ROI_SAMPLES[1]
+    mask_rois: int = 0
+    score_threshold: float = 0.5
+    nms_threshold: float = inference.NMS_THRESHOLD
+    max_detections: int = 500
+    max_instances: int = 512
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return fpn.level_strides(len(self.anchor_sizes))
+
+    @property
+    def mask_slots(self) -> int:
+        cap = sampling.max_positives(self.roi_samples, self.roi_positive_fraction)
+        return min(cap, self.mask_rois) if self.mask_rois > 0 else cap
+
+
+class MaskRCNN(nn.Module):
+    """image (B, H, W, 3), H and W multiples of 32; label (B, H, W) int32 when training.
+
+    Returns the dict of outputs (and sampled targets) described in the module docstring.
+    """
+
+    settings: DetectorSettings = DetectorSettings()
+    backbone: str = "resnet"
+    depth: int = 50
+    width: int = 64
+    fpn_width: int = 256
+    box_head_convs: int = 0
+    box_head_fcs: int = 2
+    box_head_width: int = 1024
+    mask_head_convs: int = 4
+    mask_head_width: int = 256
+    input_adapter: str = "none"
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, image: jax.Array, label: jax.Array | None = None, *, train: bool):
+        fpn.check_image_shape(image.shape)
+        s = self.settings
+        shape = tuple(int(d) for d in image.shape[1:3])
+        x = resnet.caffe_adapter(image) if self.input_adapter == "caffe" else image
+        stages = fpn.backbone_module(self.backbone, self.depth, self.width, self.axis_name)(
+            x, train=train
+        )
+        pyramid = fpn.FPN(self.fpn_width, len(s.strides), name="fpn")(stages)
+        anchors, counts = anchor_ops.multilevel_anchors(
+            shape, s.strides, s.anchor_sizes, s.aspect_ratios
+        )
+        num_anchors = anchor_ops.anchors_per_location(s.aspect_ratios)
+        rpn_logits, rpn_deltas = RPNHead(num_anchors, self.fpn_width, name="rpn")(pyramid)
+        pre, post = s.train_top_k if train else s.test_top_k
+        propose = functools.partial(
+            proposals.generate_proposals,
+            anchors,
+            level_counts=counts,
+            image_shape=shape,
+            pre_nms_top_k=pre,
+            post_nms_top_k=post,
+            nms_threshold=s.rpn_nms_threshold,
+        )
+        rois, _, roi_valid = jax.vmap(propose)(rpn_logits, rpn_deltas)
+        maps = pyramid[:ROI_LEVELS]
+        box_head = BoxHead(
+            self.box_head_convs,
+            self.box_head_fcs,
+            self.box_head_width,
+            self.fpn_width,
+            name="box_head",
+        )
+        # The mask head is applied as a pure function of its parameters, so that inference can
+        # run it inside lax.map / lax.cond (bound flax modules cannot enter jax transforms).
+        mask_head = MaskHead(self.mask_head_convs, self.mask_head_width)
+        init_masks = lambda key: mask_head.init(
+            key, jnp.zeros((1, MASK_POOL, MASK_POOL, self.fpn_width))
+        )["params"]
+        mask_params = self.param("mask_head", init_masks)
+        predict_masks = lambda features: mask_head.apply({"params": mask_params}, features)
+        if not train:
+            return _detect(s, shape, maps, rois, roi_valid, box_head, predict_masks)
+        if label is None:
+            raise ValueError("Mask R-CNN samples its targets from `label` when train=True")
+
+        gt_boxes, gt_valid = jax.vmap(lambda g: targets.instance_boxes(g, s.max_instances))(label)
+        batch = image.shape[0]
+        rpn_keys, roi_keys = jnp.split(jax.random.split(self.make_rng("sample"), 2 * batch), 2)
+        rpn_t = jax.vmap(
+            functools.partial(
+                targets.rpn_targets,
+                num_samples=s.rpn_samples,
+                positive_fraction=s.rpn_positive_fraction,
+            ),
+            in_axes=(0, None, 0, 0),
+        )(rpn_keys, anchors, gt_boxes, gt_valid)
+        roi_t = jax.vmap(
+            functools.partial(
+                targets.roi_targets,
+                num_samples=s.roi_samples,
+                positive_fraction=s.roi_positive_fraction,
+            )
+        )(roi_keys, rois, roi_valid, gt_boxes, gt_valid)
+        class_logits, box_deltas = box_head(pool(maps, roi_t.rois, BOX_POOL))
+        mask_rois = roi_t.rois[:, : s.mask_slots]
+        mask_gt = roi_t.gt_index[:, : s.mask_slots]
+        mask_logits = predict_masks(pool(maps, mask_rois, MASK_POOL))
+        return {
+            "rpn": {"logits": rpn_logits, "deltas": rpn_deltas, "targets": rpn_t},
+            "box": {"class_logits": class_logits, "deltas": box_deltas, "targets": roi_t},
+            "mask": {
+                "logits": mask_logits,
+                "targets": jax.vmap(targets.mask_targets)(label, mask_rois, mask_gt),
+                "positive": roi_t.positive[:, : s.mask_slots],
+            },
+            "gt_instances": jnp.sum(gt_valid, axis=1),
+            "gt_dropped_pixels": jnp.sum(label > s.max_instances, axis=(1, 2)),
+        }
+
+
+def _detect(s: DetectorSettings, shape, maps, rois, roi_valid, box_head, predict_masks):
+    """Inference from proposals (B, P, 4) to the outputs dict (module docstring)."""
+    class_logits, box_deltas = box_head(pool(maps, rois, BOX_POOL))
+    detect = functools.partial(
+        inference.box_head_detections,
+        image_shape=shape,
+        score_threshold=s.score_threshold,
+        iou_threshold=s.nms_threshold,
+        max_detections=s.max_detections,
+    )
+    found = jax.vmap(detect)(rois, roi_valid, class_logits, box_deltas)
+    masks, foreground = masks_and_foreground(maps, found.boxes, found.valid, predict_masks, shape)
+    return {
+        "boxes": found.boxes,
+        "scores": found.scores,
+        "valid": found.valid,
+        "masks": masks,
+        "foreground": foreground,
+    }
+
+
+def mask_rcnn_loss(outputs, batch):
+    """(training outputs, batch) -> (five loss terms, metrics), each {name: (sum, count)}.
+
+    Per-image terms are weighted by batch["valid"], so padding examples count nowhere.
+    """
+    weight = jnp.asarray(batch["valid"], jnp.float32)
+    rpn, box, mask = outputs["rpn"], outputs["box"], outputs["mask"]
+    rt, bt = rpn["targets"], box["targets"]
+    per_image = {
+        "rpn_objectness": jax.vmap(det_losses.rpn_objectness_loss)(
+            rpn["logits"], rt.objectness, rt.sampled
+        ),
+        "rpn_box": jax.vmap(det_losses.rpn_box_loss)(
+            rpn["deltas"], rt.deltas, rt.positive, rt.sampled
+        ),
+        "box_class": jax.vmap(det_losses.box_classification_loss)(
+            box["class_logits"], bt.classes, bt.valid
+        ),
+        "box_regression": jax.vmap(det_losses.box_regression_loss)(
+            box["deltas"], bt.deltas, bt.positive, bt.valid
+        ),
+        "mask": jax.vmap(det_losses.mask_loss)(mask["logits"], mask["targets"], mask["positive"]),
+    }
+    total = lambda x: jnp.sum(jnp.asarray(x, jnp.float32) * weight)
+    terms = {k: (total(s), total(c)) for k, (s, c) in per_image.items()}
+    correct = (jnp.argmax(box["class_logits"], axis=-1) == bt.classes) & bt.valid
+    labelled = jnp.sum(batch["label"] >= 0, axis=(1, 2))
+    metrics = {
+        "roi_accuracy": (total(jnp.sum(correct, axis=1)), total(jnp.sum(bt.valid, axis=1))),
+        "positive_rois": (total(jnp.sum(bt.positive, axis=1)), jnp.sum(weight)),
+        "gt_instances": (total(outputs["gt_instances"]), jnp.sum(weight)),
+        "gt_dropped_pixels": (total(outputs["gt_dropped_pixels"]), total(labelled)),
+    }
+    return terms, metrics
+
+
+def foreground(outputs) -> jax.Array:
+    """Eval outputs -> (B, H, W) foreground probability (the pasted masks' maximum)."""
+    return outputs["foreground"]
+
+
+def postprocess(outputs, *, mask_threshold: float = inference.MASK_THRESHOLD) -> Instances:
+    """Eval outputs of one image (numpy, no batch axis) -> non-overlapping Instances.
+
+    Every pixel goes to the highest-scoring detection whose mask probability there is >=
+    mask_threshold; detections left without a pixel are dropped.
+    """
+    label, scores = inference.instances_from_detections(
+        np.asarray(outputs["masks"]),
+        np.asarray(outputs["boxes"]),
+        np.asarray(outputs["scores"]),
+        np.asarray(outputs["valid"]),
+        np.shape(outputs["foreground"]),
+        mask_threshold,
+    )
+    return Instances(label=label, scores=scores)
+
+
+def settings_from_config(config) -> DetectorSettings:
+    m = config.model
+    return DetectorSettings(
+        anchor_sizes=tuple(float(x) for x in m.anchor_sizes),
+        aspect_ratios=tuple(float(x) for x in m.aspect_ratios),
+        rpn_samples=int(m.rpn_samples),
+        rpn_positive_fraction=float(m.rpn_positive_fraction),
+        train_top_k=tuple(int(x) for x in m.train_top_k),
+        test_top_k=tuple(int(x) for x in m.test_top_k),
+        rpn_nms_threshold=float(m.rpn_nms_threshold),
+        roi_samples=int(m.roi_samples),
+        roi_positive_fraction=float(m.roi_positive_fraction),
+        mask_rois=int(m.mask_rois),
+        score_threshold=float(m.score_threshold),
+        nms_threshold=float(m.nms_threshold),
+        max_detections=int(m.max_detections),
+        max_instances=int(config.data.max_instances),
+    )
+
+
+def build(config) -> ModelSpec:
+    """The ModelSpec of Mask R-CNN under `config` (registry entry `mask_rcnn`)."""
+    m = config.model
+    axis = parallel.AXIS  # the trainer's mesh axis: batch norm statistics sync over it
+    module = MaskRCNN(
+        settings=settings_from_config(config),
+        backbone=m.backbone,
+        depth=int(m.depth),
+        width=int(m.width),
+        fpn_width=int(m.fpn_width),
+        box_head_convs=int(m.box_head_convs),
+        box_head_fcs=int(m.box_head_fcs),
+        box_head_width=int(m.box_head_width),
+        mask_head_convs=int(m.mask_head_convs),
+        mask_head_width=int(m.mask_head_width),
+        input_adapter=m.get("input_adapter", "none"),
+        axis_name=axis,
+    )
+    return ModelSpec(
+        module=module,
+        loss=mask_rcnn_loss,
+        foreground=foreground,
+        postprocess=functools.partial(postprocess, mask_threshold=float(m.mask_threshold)),
+        stride=fpn.STRIDE,
+        axis_name=axis,
+        prepare_variables=functools.partial(keras_import.maybe_load_pretrained, config),
+        frozen=keras_import.backbone_mask,
+        tileable=False,
+    )
+
+
+__all__ = [
+    "BoxHead",
+    "DetectorSettings",
+    "MaskHead",
+    "MaskRCNN",
+    "RPNHead",
+    "build",
+    "foreground",
+    "foreground_map",
+    "mask_rcnn_loss",
+    "postprocess",
+]
