@@ -193,7 +193,7 @@ def markdown_report(report: dict) -> str:
         f"{m['num_images']} images predicted whole (tiles of {s['tile_size']} px overlapping "
         f"{s['tile_overlap']} px), {m['true_nuclei']} true and {m['predicted_nuclei']} "
         f"predicted nuclei. Post-processing: foreground > {s['foreground_threshold']}, seeds > "
-        f"{s['seed_threshold']}, min distance {s['min_distance']}, min size {s['min_size']} px, "
+        f"{s['seed_threshold']}, seed depth {s['seed_depth']}, min size {s['min_size']} px, "
         f"fill holes {s['fill_holes']}. Workdir: `{report['workdir']}`.",
         "",
         "The paper's 'mean IoU' is ambiguous; both readings are given below: foreground IoU "

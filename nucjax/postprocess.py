@@ -4,14 +4,14 @@ Two decoders, both marker-controlled watersheds confined to the predicted foregr
   three-class (background, interior, border): seeds are the confident interiors;
   binary (foreground probability): seeds are peaks of the distance to the background.
 Both finish with clean_instances. Every threshold is an argument; they come from config.eval
-(foreground_threshold, seed_threshold, min_distance, min_size, fill_holes).
+(foreground_threshold, seed_threshold, seed_depth, min_size, fill_holes).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from skimage.feature import peak_local_max
+from skimage import morphology
 from skimage.segmentation import watershed
 
 from nucjax.models.spec import Instances
@@ -122,18 +122,20 @@ def instances_from_binary(
     fg_prob: np.ndarray,
     *,
     foreground_threshold: float,
-    min_distance: int,
+    seed_depth: float,
     min_size: int,
     fill_holes: bool,
 ) -> Instances:
     """Nuclei from an (H, W) foreground probability map.
 
-    Foreground: fg_prob > foreground_threshold. Seeds: peaks of its Euclidean distance
-    transform at least min_distance pixels apart (adjacent plateau peaks merged), at least one
-    per connected component; a watershed of -distance from the seeds within the foreground
-    splits touching nuclei at their neck. With fill_holes the foreground's holes are filled
-    first, so that a hollow nucleus has one central peak rather than a ring of them. Then
-    clean_instances(min_size, fill_holes).
+    Foreground: fg_prob > foreground_threshold. Seeds: the regional maxima of its Euclidean
+    distance transform that stand at least seed_depth pixels above the saddle to any higher
+    neighbour (h-maxima), at least one per connected component; a watershed of -distance from
+    the seeds within the foreground splits touching nuclei at their neck. A ridge or plateau
+    (an elongated or flat-sided nucleus) is one maximum, so it is one seed: isolated local
+    peaks a few pixels apart along a ridge would cut such a nucleus into stripes. With
+    fill_holes the foreground's holes are filled first, so that a hollow nucleus has one
+    central maximum rather than a ring of them. Then clean_instances(min_size, fill_holes).
     """
     fg_prob = np.asarray(fg_prob, np.float32)
     mask = fg_prob > foreground_threshold
@@ -143,12 +145,8 @@ def instances_from_binary(
     if n == 0:
         return _instances(np.zeros(mask.shape, np.int32), fg_prob)
     distance = ndimage.distance_transform_edt(mask)
-    peaks = peak_local_max(
-        distance, min_distance=min_distance, labels=components, exclude_border=False
-    )
-    peak_mask = np.zeros(mask.shape, bool)
-    peak_mask[tuple(peaks.T)] = True
-    # Every component gets a seed: those without a peak use their deepest pixel.
+    peak_mask = morphology.h_maxima(distance, seed_depth).astype(bool) & mask
+    # Every component gets a seed: those shallower than seed_depth use their deepest pixel.
     seeded = np.zeros(n + 1, bool)
     seeded[components[peak_mask]] = True
     missing = np.flatnonzero(~seeded[1:]) + 1

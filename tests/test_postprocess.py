@@ -47,7 +47,7 @@ def _decode(kind, label, **overrides):
         return postprocess.instances_from_three_class(
             _three_class(label), seed_threshold=0.5, **args
         )
-    return postprocess.instances_from_binary(_binary(label), min_distance=3, **args)
+    return postprocess.instances_from_binary(_binary(label), seed_depth=2.0, **args)
 
 
 @pytest.mark.parametrize("kind", ["three_class", "binary"])
@@ -121,7 +121,7 @@ def test_seedless_foreground_kept_and_empty_input():
     inst = postprocess.instances_from_three_class(probs, seed_threshold=0.5, **EVAL)
     assert inst.label.max() == 1 and inst.scores == pytest.approx([0.9])
     empty = postprocess.instances_from_binary(
-        np.zeros((8, 8)), foreground_threshold=0.5, min_distance=3, min_size=1, fill_holes=True
+        np.zeros((8, 8)), foreground_threshold=0.5, seed_depth=2.0, min_size=1, fill_holes=True
     )
     assert empty.label.max() == 0 and empty.scores.shape == (0,)
 
@@ -145,3 +145,15 @@ def test_crowded_random_discs_decode_well():
         _check_labelling(inst, truth.shape)
         result = metrics.evaluate_instances([truth], [inst.label])
         assert result["f1@0.50"] > 0.9 and result["dsb_score"] > 0.7, (kind, result)
+
+
+def test_elongated_nucleus_is_one_instance():
+    """A 60 x 12 px nucleus has a flat distance ridge; isolated peaks along it would cut it
+    into stripes (what peak_local_max with a small min_distance did on real U-Net outputs)."""
+    truth = np.zeros((40, 90), np.int32)
+    truth[14:26, 15:75] = 1
+    yy, xx = np.mgrid[:40, :90]
+    truth[((yy - 20) ** 2 + (xx - 15) ** 2 <= 36) | ((yy - 20) ** 2 + (xx - 75) ** 2 <= 36)] = 1
+    instances = _decode("binary", truth)
+    assert instances.label.max() == 1
+    assert metrics.iou_matrix(truth, instances.label)[0, 0] > 0.95

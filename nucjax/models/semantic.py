@@ -79,7 +79,7 @@ def semantic_postprocess(logits: np.ndarray, *, target: str, activation: str, ev
             probs, seed_threshold=eval_config.seed_threshold, **common
         )
     return postprocess.instances_from_binary(
-        probs[..., 0], min_distance=eval_config.min_distance, **common
+        probs[..., 0], seed_depth=eval_config.seed_depth, **common
     )
 
 
