@@ -70,6 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
     ev.seed_depth = 2.0
     ev.min_size = 10  # remove predicted nuclei smaller than this, pixels
     ev.fill_holes = True
+    ev.max_hole_size = 100  # only holes up to this area (px) are filled: larger ones are gaps
     return config
 
 

@@ -18,6 +18,8 @@ from nucjax.models.spec import Instances
 
 _CROSS = ndimage.generate_binary_structure(2, 1)  # 4-connectivity
 _SQUARE = ndimage.generate_binary_structure(2, 2)  # 8-connectivity
+# Holes up to this area (px) are filled; DSB nuclei have a median area of ~300 px.
+MAX_HOLE_SIZE = 100
 
 
 def relabel_sequential(label: np.ndarray) -> np.ndarray:
@@ -32,16 +34,31 @@ def relabel_sequential(label: np.ndarray) -> np.ndarray:
     return lut[label]
 
 
-def fill_instance_holes(label: np.ndarray) -> np.ndarray:
-    """Fill each background hole that is enclosed by a single nucleus with that nucleus.
+def fill_small_holes(mask: np.ndarray, max_hole_size: int) -> np.ndarray:
+    """(H, W) bool -> bool with every enclosed background region of <= max_hole_size px filled.
+
+    Background touching the image's edge is never a hole.
+    """
+    holes, n = ndimage.label(ndimage.binary_fill_holes(mask) & ~mask, _CROSS)
+    small = np.bincount(holes.ravel(), minlength=n + 1) <= max_hole_size
+    small[0] = False
+    return mask | small[holes]
+
+
+def fill_instance_holes(label: np.ndarray, max_hole_size: int = MAX_HOLE_SIZE) -> np.ndarray:
+    """Fill each background hole of at most max_hole_size pixels enclosed by a single nucleus.
 
     A hole bordered by two or more nuclei (a gap between touching nuclei) stays background, so
-    filling never merges nuclei or paints over a neighbour.
+    filling never merges nuclei or paints over a neighbour; a larger enclosed region (a ring of
+    predicted nuclei around background, common in crowded tissue) is background, not a hole.
     """
     foreground = label > 0
     holes, n_holes = ndimage.label(ndimage.binary_fill_holes(foreground) & ~foreground, _CROSS)
     if n_holes == 0:
         return label
+    too_big = np.bincount(holes.ravel(), minlength=n_holes + 1) > max_hole_size
+    too_big[0] = True
+    holes = np.where(too_big[holes], 0, holes)
     # (hole id, neighbouring nucleus id) pairs over the 4-neighbours of every hole pixel.
     pairs = []
     padded = np.pad(label, 1)
@@ -58,14 +75,16 @@ def fill_instance_holes(label: np.ndarray) -> np.ndarray:
     return np.where(holes > 0, owner[holes], label)
 
 
-def clean_instances(label: np.ndarray, min_size: int, fill_holes: bool) -> np.ndarray:
-    """Fill holes (optional), drop nuclei of fewer than min_size pixels, relabel 1..N.
+def clean_instances(
+    label: np.ndarray, min_size: int, fill_holes: bool, max_hole_size: int = MAX_HOLE_SIZE
+) -> np.ndarray:
+    """Fill small holes (optional), drop nuclei of fewer than min_size pixels, relabel 1..N.
 
     label: (H, W) int ids >= 0, non-overlapping by construction. Returns (H, W) int32.
     """
     label = np.asarray(label, np.int32)
     if fill_holes:
-        label = fill_instance_holes(label)
+        label = fill_instance_holes(label, max_hole_size)
     area = np.bincount(label.ravel(), minlength=1)
     small = area < min_size
     small[0] = False
@@ -97,6 +116,7 @@ def instances_from_three_class(
     foreground_threshold: float,
     min_size: int,
     fill_holes: bool,
+    max_hole_size: int = MAX_HOLE_SIZE,
 ) -> Instances:
     """Nuclei from (H, W, 3) probabilities of [background, interior, border].
 
@@ -115,7 +135,7 @@ def instances_from_three_class(
     markers, _ = ndimage.label(seeds, _CROSS)
     label = watershed(border - interior, markers, mask=mask)
     label = _seedless_components(label, mask)
-    return _instances(clean_instances(label, min_size, fill_holes), foreground_prob)
+    return _instances(clean_instances(label, min_size, fill_holes, max_hole_size), foreground_prob)
 
 
 def instances_from_binary(
@@ -125,6 +145,7 @@ def instances_from_binary(
     seed_depth: float,
     min_size: int,
     fill_holes: bool,
+    max_hole_size: int = MAX_HOLE_SIZE,
 ) -> Instances:
     """Nuclei from an (H, W) foreground probability map.
 
@@ -134,13 +155,13 @@ def instances_from_binary(
     the seeds within the foreground splits touching nuclei at their neck. A ridge or plateau
     (an elongated or flat-sided nucleus) is one maximum, so it is one seed: isolated local
     peaks a few pixels apart along a ridge would cut such a nucleus into stripes. With
-    fill_holes the foreground's holes are filled first, so that a hollow nucleus has one
-    central maximum rather than a ring of them. Then clean_instances(min_size, fill_holes).
+    fill_holes the foreground's holes of at most max_hole_size px are filled first, so that a
+    hollow nucleus has one central maximum rather than a ring of them. Then clean_instances.
     """
     fg_prob = np.asarray(fg_prob, np.float32)
     mask = fg_prob > foreground_threshold
     if fill_holes:
-        mask = ndimage.binary_fill_holes(mask)
+        mask = fill_small_holes(mask, max_hole_size)
     components, n = ndimage.label(mask, _SQUARE)
     if n == 0:
         return _instances(np.zeros(mask.shape, np.int32), fg_prob)
@@ -155,4 +176,4 @@ def instances_from_binary(
         peak_mask[tuple(np.array(spots).T)] = True
     markers, _ = ndimage.label(peak_mask, _SQUARE)
     label = watershed(-distance, markers, mask=mask)
-    return _instances(clean_instances(label, min_size, fill_holes), fg_prob)
+    return _instances(clean_instances(label, min_size, fill_holes, max_hole_size), fg_prob)

@@ -157,3 +157,17 @@ def test_elongated_nucleus_is_one_instance():
     instances = _decode("binary", truth)
     assert instances.label.max() == 1
     assert metrics.iou_matrix(truth, instances.label)[0, 0] > 0.95
+
+
+@pytest.mark.parametrize("kind", ["three_class", "binary"])
+def test_only_small_holes_are_filled(kind):
+    """A 12 px hole inside a nucleus is filled; ~1,200 px of background enclosed by a ring of
+    foreground (crowded tissue) is not: filling it painted whole regions as nucleus."""
+    yy, xx = np.mgrid[:100, :100]
+    r2 = (yy - 50) ** 2 + (xx - 50) ** 2
+    truth = ((r2 <= 30**2) & (r2 > 20**2)).astype(np.int32)  # a ring around ~1,250 px
+    truth[(yy - 10) ** 2 + (xx - 12) ** 2 <= 64] = 2  # a small disc ...
+    truth[(yy - 10) ** 2 + (xx - 12) ** 2 <= 2] = 0  # ... with a 5 px hole
+    instances = _decode(kind, truth)
+    assert instances.label[50, 50] == 0  # the enclosed background stays background
+    assert instances.label[10, 12] > 0  # the small hole is filled

@@ -73,6 +73,7 @@ def semantic_postprocess(logits: np.ndarray, *, target: str, activation: str, ev
         foreground_threshold=eval_config.foreground_threshold,
         min_size=eval_config.min_size,
         fill_holes=eval_config.fill_holes,
+        max_hole_size=eval_config.max_hole_size,
     )
     if target == "three_class":
         return postprocess.instances_from_three_class(
