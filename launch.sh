@@ -38,7 +38,8 @@ case "$cmd" in
     shift
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
-    "$PY" -m pytest -q "$@"
+    # Most test time is XLA compilation, which runs on one core: one worker per core.
+    "$PY" -m pytest -q -n "${NUCJAX_TEST_WORKERS:-2}" --dist loadfile "$@"
     ;;
   train)
     install
