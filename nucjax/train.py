@@ -192,7 +192,8 @@ def train_and_evaluate(config, workdir: str, batches: Iterator | None = None) ->
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.train.batch_size, mesh)
     parallel.check_batch_size(config.train.eval_batch_size, mesh, "config.train.eval_batch_size")
-    steps = total_steps(config, data.num_examples(config.data, "train"))
+    num_train = data.num_examples(config.data, "train")
+    steps = total_steps(config, num_train)
     tx = optim.make_optimizer(
         config.optim, steps, spec.frozen, config.model.get("freeze_backbone_steps", 0)
     )
@@ -225,7 +226,7 @@ def train_and_evaluate(config, workdir: str, batches: Iterator | None = None) ->
         )
     train_step = make_train_step(spec, tx, mesh)
     eval_step = make_eval_step(spec, mesh)
-    steps_per_epoch = math.ceil(data.num_examples(config.data, "train") / config.train.batch_size)
+    steps_per_epoch = math.ceil(num_train / config.train.batch_size)
     eval_every = config.train.eval_every_steps or steps_per_epoch
 
     def run_eval(step: int) -> dict[str, dict[str, float]]:
