@@ -2,8 +2,9 @@
 
   python -m nucjax.main --config=configs/simple_cnn.py --workdir=runs/simple_cnn
   python -m nucjax.main --config=configs/simple_cnn.py:quick --workdir=runs/simple_cnn_quick
-Variants: paper (default), tuned (lr 1e-3: Adam at 0.1 saturates the sigmoid layers),
-quick (paper settings on 128x128 crops, minutes on a CPU), tiny (tests).
+Variants: paper (default), tuned (lr 1e-3 and ReLU hidden layers: with the paper's sigmoid
+hidden layers the network stays at "all background" even at lr 1e-3, see experiments/README.md;
+the output stays sigmoid), quick (paper settings on 128x128 crops, minutes on a CPU), tiny.
 """
 
 from configs import common, tiny
@@ -28,6 +29,7 @@ def get_config(arg=None):
 
     if variant == "tuned":
         config.optim.learning_rate = 1e-3
+        m.hidden_activation = "relu"
     if variant == "quick":
         config.data.crop_size = 128
         config.train.eval_every_steps = 100
