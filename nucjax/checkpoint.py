@@ -7,7 +7,6 @@ model or configuration gives a clear error instead of a shape traceback.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -108,13 +107,3 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
-
-
-def read_meta(directory: str, step: int | None = None) -> dict[str, Any]:
-    """The meta item of a checkpoint, for tools that inspect a workdir."""
-    with ocp.CheckpointManager(os.path.abspath(directory)) as manager:
-        step = manager.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {directory}")
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-    return json.loads(json.dumps(meta))

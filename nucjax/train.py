@@ -27,7 +27,7 @@ from absl import logging
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from nucjax import checkpoint, models, optim, parallel, reporting
+from nucjax import checkpoint, metrics, models, optim, parallel, reporting
 from nucjax.models.spec import ModelSpec
 
 
@@ -131,8 +131,6 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, mesh):
 
 def make_eval_step(spec: ModelSpec, mesh):
     """(state, global batch) -> {name: (sum, count)} pixel metrics over the global batch."""
-    from nucjax import metrics
-
     axis = spec.axis_name
 
     def per_device(state: TrainState, batch):
