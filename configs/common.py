@@ -25,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.split_seed = 0
     data.crop_size = 256  # training crops (square); small images are padded, label -1
     data.eval_tile_size = 256  # trainer evaluation tiles every image whole with this tile
+    data.input_view = "rgb"  # rgb | grey_inverted (nucjax.data.images.INPUT_VIEWS)
     data.flips = True
     data.rot90 = True
     data.scale_jitter = 0.0  # random zoom in [1 - s, 1 + s]; 0 disables

@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from nucjax import data, inference, metrics
+from nucjax.data.images import input_view
 from nucjax.data.pipeline import normalize_image
 
 # (key, name, one-line definition) of the metrics the markdown table shows, in order.
@@ -126,7 +127,11 @@ def evaluate(
     t0 = time.perf_counter()
     for image_id, image, label in labelled_examples(config, split):
         p = inference.segment_image(
-            spec, variables, normalize_image(image), tile_size=ev.tile_size, overlap=ev.tile_overlap
+            spec,
+            variables,
+            normalize_image(input_view(image, config.data.input_view)),
+            tile_size=ev.tile_size,
+            overlap=ev.tile_overlap,
         )
         trues.append(label)
         preds.append(p.instances.label)

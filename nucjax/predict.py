@@ -42,7 +42,7 @@ from skimage.segmentation import find_boundaries
 
 from nucjax import figures, inference
 from nucjax.data import rle
-from nucjax.data.images import to_rgb
+from nucjax.data.images import input_view, to_rgb
 from nucjax.data.pipeline import normalize_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -275,7 +275,11 @@ def _run(
             continue
         taken[stem] = source
         p = inference.segment_image(
-            spec, variables, normalize_image(rgb), tile_size=ev.tile_size, overlap=ev.tile_overlap
+            spec,
+            variables,
+            normalize_image(input_view(rgb, config.data.input_view)),
+            tile_size=ev.tile_size,
+            overlap=ev.tile_overlap,
         )
         outputs = write_image_outputs(output_dir, stem, raw, rgb, p) if image_outputs else {}
         names = {stem, os.path.basename(source)}

@@ -31,6 +31,7 @@ import functools
 import numpy as np
 
 from nucjax.data import raw_dataset
+from nucjax.data.images import input_view
 
 MIN_STD = 1.0  # grey levels; the normalisation's floor on the standard deviation
 
@@ -55,15 +56,6 @@ def normalize_image(image: np.ndarray) -> np.ndarray:
     return ((x - x.mean()) / max(x.std(), MIN_STD)).astype(np.float32)
 
 
-def normalization_stats_tf(image):
-    """TensorFlow: the (mean, scale) float32 scalars that normalize_image uses for `image`."""
-    tf = _tf()
-    x = tf.cast(image, tf.float64)
-    mean = tf.reduce_mean(x)
-    std = tf.sqrt(tf.reduce_mean(tf.square(x - mean)))
-    return tf.cast(mean, tf.float32), tf.cast(tf.maximum(std, MIN_STD), tf.float32)
-
-
 def normalize_image_tf(image):
     """TensorFlow twin of normalize_image: (H, W, 3) -> (H, W, 3) float32."""
     tf = _tf()
@@ -82,19 +74,17 @@ def _decode_shard(data_config, split, process_index, process_count) -> dict[str,
     pixels (P, 3) uint8 and labels (P,) int16 or int32 hold every image's pixels row-major one
     after another; offset, height, width, mean, scale are per image.
     """
-    tf = _tf()
     ds = raw_dataset(data_config, split).shard(process_count, process_index)
-    ds = ds.map(
-        lambda ex: (ex["image"], ex["label"], *normalization_stats_tf(ex["image"])),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
     pixels, labels, shapes, means, scales = [], [], [], [], []
-    for image, label, mean, scale in ds.as_numpy_iterator():
+    for example in ds.as_numpy_iterator():
+        image = input_view(example["image"], data_config.input_view)
+        label = example["label"]
         pixels.append(image.reshape(-1, 3))
         labels.append(label.ravel())
         shapes.append(label.shape)
-        means.append(mean)
-        scales.append(scale)
+        x = image.astype(np.float64)
+        means.append(x.mean())
+        scales.append(max(x.std(), MIN_STD))
     if not pixels:
         raise ValueError(f"split {split!r} has no images for process {process_index}")
     labels = np.concatenate(labels)
@@ -280,7 +270,8 @@ def eval_batches(
         tiles_per_process[owner] += -(-label.shape[0] // tile) * -(-label.shape[1] // tile)
         if owner != process_index:
             continue
-        image, label = tile_image(normalize_image(example["image"]), label, tile)
+        image = normalize_image(input_view(example["image"], data_config.input_view))
+        image, label = tile_image(image, label, tile)
         pending.append((image, label))
         buffered += len(label)
         while buffered >= local:

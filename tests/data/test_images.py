@@ -55,3 +55,19 @@ def test_modality(image, modality):
 def test_modality_of_grey_2d():
     assert images.modality_of(blobs(10, 200)[..., 0]) == "fluorescence"
     assert images.modality_of(blobs(230, 90)[..., 0]) == "brightfield"
+
+
+def test_input_view_grey_inverted_by_background():
+    bright = np.full((4, 4, 3), 200, np.uint8)
+    bright[1, 1] = (30, 60, 90)  # a dark stained nucleus on a bright background
+    got = images.input_view(bright, "grey_inverted")
+    assert got.shape == (4, 4, 3) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got[..., 0], got[..., 2])
+    assert got[0, 0, 0] == 55 and got[1, 1, 0] == 195  # 255 - 200, 255 - mean(30, 60, 90)
+    dark = np.zeros((4, 4, 3), np.uint8)
+    dark[2, 2] = (250, 200, 0)  # fluorescence stays as it is, averaged over channels
+    got = images.input_view(dark, "grey_inverted")
+    assert got[2, 2, 1] == 150 and got[0, 0, 1] == 0
+    assert images.input_view(bright, "rgb") is bright
+    with pytest.raises(ValueError, match="input_view='hsv'"):
+        images.input_view(bright, "hsv")
