@@ -24,7 +24,6 @@ def get_config() -> ml_collections.ConfigDict:
     data.validation_fraction = 0.1
     data.split_seed = 0
     data.crop_size = 256  # training crops (square); small images are padded, label -1
-    data.eval_tile_size = 256  # trainer evaluation tiles every image whole with this tile
     data.input_view = "rgb"  # rgb | grey_inverted (nucjax.data.images.INPUT_VIEWS)
     data.flips = True
     data.rot90 = True
@@ -54,14 +53,19 @@ def get_config() -> ml_collections.ConfigDict:
     train.num_steps = 0  # > 0 overrides num_epochs
     train.log_every_steps = 10
     train.eval_every_steps = 0  # 0 = once per epoch
-    train.eval_batch_size = 8
-    train.eval_train_images = 64  # evaluations measure the train split on its first N images
     train.checkpoint_every_steps = 1000
     train.keep_checkpoints = 3
 
-    # Instance post-processing and evaluation (nucjax.postprocess, nucjax.evaluate).
+    # Evaluation (nucjax.evaluators), the same in the trainer and in --mode=evaluate: whole
+    # images through the tiling and post-processing below. The trainer scores
+    # `eval.train_images` training images by pixel metrics and `eval.max_images` images of
+    # `eval.split` by every instance metric (0 = all); --mode=evaluate scores all of the split.
     config.eval = ev = ml_collections.ConfigDict()
     ev.split = "validation"
+    ev.max_images = 0
+    ev.train_images = 16
+    # Whole-image prediction and instance post-processing (nucjax.whole_image,
+    # nucjax.postprocess), shared by evaluation and predict.
     ev.tile_size = 512  # whole images are predicted in overlapping tiles of this size
     ev.tile_overlap = 64
     ev.foreground_threshold = 0.5
@@ -75,9 +79,13 @@ def get_config() -> ml_collections.ConfigDict:
     return config
 
 
-def variant(arg: str | None) -> str:
-    """The variant named after the colon in `--config=configs/x.py:quick`: '', quick or tiny."""
-    arg = (arg or "").strip()
-    if arg not in ("", "paper", "quick", "tiny", "tuned"):
-        raise ValueError(f"unknown config variant {arg!r}; use paper, quick, tuned or tiny")
-    return "paper" if arg == "" else arg
+def variant(arg: str | None, variants: tuple[str, ...]) -> str:
+    """The variant after the colon in `--config=configs/x.py:quick`; '' means "paper".
+
+    variants: the names the config file declares (its VARIANTS). Anything else is an error
+    naming them, so a typo never silently runs the paper settings.
+    """
+    name = (arg or "").strip() or "paper"
+    if name not in variants:
+        raise ValueError(f"unknown config variant {name!r}; this config has {', '.join(variants)}")
+    return name

@@ -9,7 +9,6 @@ Variants (after the colon):
          heads, 128x128 crops, batch 4, 1000 steps: a run that learns on a 2-core CPU in about
          15-20 minutes (measured 0.8-0.9 s a step on a loaded machine, one evaluation at the end)
   tiny   a very narrow light network on 64x64 synthetic crops, 2 steps: for tests
-  tuned  not tuned yet: the paper's values
 
 Transfer learning works as for configs/resnet.py (backbone="resnet" only): add
 --config.model.pretrained=pretrained/resnet50 --config.model.input_adapter=caffe.
@@ -17,9 +16,11 @@ Transfer learning works as for configs/resnet.py (backbone="resnet" only): add
 
 from configs import common, tiny
 
+VARIANTS = ("paper", "quick", "tiny")
+
 
 def get_config(arg=None):
-    variant = common.variant(arg)
+    variant = common.variant(arg, VARIANTS)
     config = common.get_config()
     m = config.model
     m.name = "mask_rcnn"
@@ -85,6 +86,7 @@ def get_config(arg=None):
         config.train.log_every_steps = 10
         config.train.eval_every_steps = 1000
         config.train.checkpoint_every_steps = 250
+        config.eval.max_images = 24
         config.optim.grad_clip_norm = 10.0
     elif variant == "tiny":
         m.backbone = "light"

@@ -9,7 +9,6 @@ Variants (after the colon):
          2-core CPU (measured through nucjax.main on real data, machine shared: 1.1 s a step
          with the input pipeline, 0.43 s for the step alone)
   tiny   ResNet-18 at width 8 on 64x64 synthetic crops, 2 steps: for tests
-  tuned  not tuned yet: the paper's values
 
 Transfer learning: make an ImageNet backbone once (needs internet for Keras's download)
   python -m nucjax.models.keras_import --depth=152 --out=pretrained/resnet152
@@ -19,9 +18,11 @@ then add --config.model.pretrained=pretrained/resnet152 --config.model.input_ada
 
 from configs import common, tiny
 
+VARIANTS = ("paper", "quick", "tiny")
+
 
 def get_config(arg=None):
-    variant = common.variant(arg)
+    variant = common.variant(arg, VARIANTS)
     config = common.get_config()
 
     m = config.model
@@ -55,6 +56,7 @@ def get_config(arg=None):
         config.train.log_every_steps = 50
         config.train.eval_every_steps = 400
         config.train.checkpoint_every_steps = 400
+        config.eval.max_images = 24
     elif variant == "tiny":
         m.depth = 18
         m.width = 8

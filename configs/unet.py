@@ -2,15 +2,20 @@
 
   python -m nucjax.main --config=configs/unet.py --workdir=runs/unet
   python -m nucjax.main --config=configs/unet.py:quick --workdir=runs/unet_quick
-Variants: paper (default: 256x256 crops), quick (the same network and optimizer on 128x128
-crops: minutes on a laptop CPU), tuned (lr 1e-3, cosine decay), tiny (tests).
+Variants (after the colon):
+  paper  Table 2 exactly, 256x256 crops (default)
+  quick  the same network and optimizer on 128x128 crops: minutes on a laptop CPU
+  tuned  Adam lr 1e-3 with cosine decay
+  tiny   a 3-level, base-4 network on 64x64 synthetic crops, 2 steps: for tests
 """
 
 from configs import common, tiny
 
+VARIANTS = ("paper", "quick", "tuned", "tiny")
+
 
 def get_config(arg=None):
-    variant = common.variant(arg)
+    variant = common.variant(arg, VARIANTS)
     config = common.get_config()
     m = config.model
     m.name = "unet"
@@ -34,6 +39,7 @@ def get_config(arg=None):
     if variant == "quick":
         config.data.crop_size = 128
         config.train.eval_every_steps = 200
+        config.eval.max_images = 24
     if variant == "tiny":
         m.base_features = 4
         m.depth = 3

@@ -15,7 +15,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import nucjax  # noqa: E402,F401  (rbg PRNG and CPU flags, as in training)
+import nucjax.runtime  # noqa: E402
+
+nucjax.runtime.configure()  # rbg PRNG and CPU flags, as in training
 from nucjax.detection import anchors, nms, proposals, roi_align, targets  # noqa: E402
 
 

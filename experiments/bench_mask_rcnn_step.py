@@ -23,7 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-import nucjax  # noqa: E402,F401  (CPU XLA flags before jax starts)
+import nucjax.runtime  # noqa: E402
+
+nucjax.runtime.configure()  # rbg PRNG and CPU flags, as in training
 
 config_flags.DEFINE_config_file("config", None, "config file", lock_config=True)
 flags.DEFINE_integer("batch", 2, "global batch")

@@ -1,12 +1,13 @@
 """Seconds to segment one whole image: network (tiled) and post-processing, per image size.
 
-  python experiments/bench_predict.py --config=configs/unet.py --workdir=runs/unet
-  python experiments/bench_predict.py --config=configs/unet.py --workdir=runs/unet \
+  python experiments/bench_predict.py --workdir=runs/unet
+  python experiments/bench_predict.py --workdir=runs/unet \
       --sizes=256,1024 --repeats=5 --out=experiments/results/bench_predict_unet.json
+  python experiments/bench_predict.py --config=configs/unet.py:quick   # untrained weights
 
 Images are synthetic fluorescence nuclei (nucjax.data.synthetic) of size x size, predicted
-exactly as evaluate and predict do (nucjax.inference.segment_image, tiles and overlap from
-config.eval). The first call per size compiles and is reported apart; the figures to record
+exactly as evaluate and predict do (nucjax.whole_image.segment_image, tiles and overlap
+from config.eval). The first call per size compiles and is reported apart; the figures to record
 are the medians of the remaining calls. The network's time does not depend on its weights,
 but post-processing does (it follows the nuclei the network finds): without a checkpoint in
 --workdir the script runs freshly initialised weights and says so; prefer a trained workdir.
@@ -25,14 +26,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-import nucjax  # noqa: E402,F401  (CPU XLA flags before jax starts)
+import nucjax.runtime  # noqa: E402
+
+nucjax.runtime.configure()  # rbg PRNG and CPU flags, as in training
 
 config_flags.DEFINE_config_file("config", None, "config file", lock_config=True)
 flags.DEFINE_string("workdir", None, "a trained run's workdir (its latest checkpoint)")
 flags.DEFINE_string("sizes", "256,1024", "comma-separated square image sizes")
 flags.DEFINE_integer("repeats", 3, "timed calls per size after the compiling one")
 flags.DEFINE_string("out", "", "also write the results as JSON here")
-flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
 
@@ -41,35 +43,36 @@ def main(argv):
     import jax
     import numpy as np
 
-    from nucjax import inference
+    from nucjax import models, outputs, whole_image, workdir
     from nucjax.data import synthetic
-    from nucjax.data.pipeline import normalize_image
+    from nucjax.data.images import network_input
 
-    config = FLAGS.config
-    weights = "trained"
-    try:
-        if not FLAGS.workdir:
-            raise inference.CheckpointNotFoundError("no --workdir given")
-        spec, variables, step = inference.load_model(config, FLAGS.workdir)
-        weights = f"trained, step {step} of {FLAGS.workdir}"
-    except inference.CheckpointNotFoundError as e:
-        print(f"{e}: timing FRESHLY INITIALISED weights (post-processing times not representative)")
-        spec, variables, step = inference.fresh_model(config)
+    if FLAGS.workdir:
+        model = workdir.load(FLAGS.workdir, FLAGS.config)
+        config, spec, variables = model.config, model.spec, model.variables
+        weights = f"trained, step {model.step} of {FLAGS.workdir}"
+    elif FLAGS.config:
+        print("no --workdir: timing FRESHLY INITIALISED weights (post-processing unrepresentative)")
+        config, spec = FLAGS.config, models.build(FLAGS.config)
+        key = jax.random.PRNGKey(0)
+        variables = jax.jit(lambda k: spec.init_variables(k, config.data.crop_size))(key)
         weights = "freshly initialised"
+    else:
+        raise app.UsageError("give --workdir (a trained run) or --config")
     ev = config.eval
     rows = []
     for size in (int(s) for s in FLAGS.sizes.split(",") if s):
         image, _ = synthetic.synthetic_example(np.random.default_rng(size), size, False)
-        image = normalize_image(image)
+        image = network_input(image, config.data.input_view)
         times = []
         for _ in range(FLAGS.repeats + 1):
             start = time.perf_counter()
-            p = inference.segment_image(
+            p = whole_image.segment_image(
                 spec, variables, image, tile_size=ev.tile_size, overlap=ev.tile_overlap
             )
             times.append((time.perf_counter() - start, p.predict_s, p.postprocess_s))
         first, rest = times[0], times[1:] or times[:1]
-        tile_rows, tile_cols, _ = inference.tile_grid(
+        tile_rows, tile_cols, _ = whole_image.tile_grid(
             size, size, spec.stride, ev.tile_size, ev.tile_overlap
         )
         rows.append(
@@ -103,7 +106,7 @@ def main(argv):
             f"{r['network_s']:.3f} | {r['postprocess_s']:.3f} | {r['nuclei']} |"
         )
     if FLAGS.out:
-        inference.write_text(FLAGS.out, json.dumps(result, indent=2) + "\n")
+        outputs.write_text(FLAGS.out, json.dumps(result, indent=2) + "\n")
         print(f"written: {FLAGS.out}")
 
 

@@ -24,7 +24,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-import nucjax  # noqa: E402,F401  (CPU XLA flags before jax starts)
+import nucjax.runtime  # noqa: E402
+
+nucjax.runtime.configure()  # rbg PRNG and CPU flags, as in training
 
 flags.DEFINE_integer("depth", 152, "ResNet depth (Keras has 50, 101, 152)")
 flags.DEFINE_integer("size", 256, "square input size, a multiple of 32")

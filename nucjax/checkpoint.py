@@ -3,6 +3,10 @@
 Each checkpoint holds two items: `state` (the TrainState pytree) and `meta` (JSON: the model
 name and the shape of every parameter), so that restoring a checkpoint written for another
 model or configuration gives a clear error instead of a shape traceback.
+
+Two ways back: Checkpointer.restore gives the whole TrainState (the trainer resuming), and
+restore_variables gives only {"params", "batch_stats"} (evaluate, predict): it needs no model,
+no optimizer and no TrainState, reading the tree's structure from the checkpoint itself.
 """
 
 from __future__ import annotations
@@ -107,3 +111,54 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """The folder holds no finished checkpoint (or not the requested step)."""
+
+
+def saved_steps(directory: str) -> list[int]:
+    """The steps saved under `directory` (finished checkpoints only: digit-named folders)."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+
+
+def restore_variables(
+    directory: str, step: int | None = None, device: jax.Device | None = None
+) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """({"params", "batch_stats"} on `device` (default the first), meta, step) of a checkpoint.
+
+    step: default the latest. Only those two subtrees are read (orbax partial restore); the
+    optimizer state stays on disk. Raises CheckpointNotFoundError naming what is there.
+    """
+    steps = saved_steps(directory)
+    if not steps:
+        raise CheckpointNotFoundError(f"no checkpoint in {directory}")
+    if step is not None and step not in steps:
+        raise CheckpointNotFoundError(f"no checkpoint of step {step} in {directory}; has {steps}")
+    step = steps[-1] if step is None else step
+    sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
+    manager = ocp.CheckpointManager(
+        directory,
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+    )
+    try:
+        tree = manager.item_metadata(step)["state"]
+        tree = getattr(tree, "tree", tree)
+        wanted = {k: tree[k] for k in ("params", "batch_stats")}
+        item = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), wanted
+        )
+        how = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), item)
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(item=item, restore_args=how, partial_restore=True),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+    finally:
+        manager.close()
+    logging.info("restored parameters of %s", os.path.join(directory, str(step)))
+    return dict(restored.state), restored.meta, step

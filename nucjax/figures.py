@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 from skimage.segmentation import find_boundaries
 
-from nucjax import inference
+from nucjax import outputs
 from nucjax.models.spec import Instances
 
 # matplotlib's viridis at 0, 0.1, ..., 1.0; interpolated linearly in between.
@@ -89,7 +89,7 @@ def confidence_figure(
 def save_confidence_figure(path: str, image, foreground, instances, **kwargs) -> str:
     """confidence_figure written as a PNG at `path` (atomically). Returns path."""
     figure = confidence_figure(image, foreground, instances, **kwargs)
-    return inference.write_atomically(path, lambda tmp: figure.save(tmp, format="PNG"))
+    return outputs.write_atomically(path, lambda tmp: figure.save(tmp, format="PNG"))
 
 
 __all__ = ["confidence_figure", "save_confidence_figure", "viridis"]

@@ -3,11 +3,13 @@
   python -m nucjax.main --config=configs/unet.py:quick --workdir=runs/unet_quick
   python -m nucjax.main --config=configs/unet.py --workdir=runs/unet \
       --config.optim.learning_rate=3e-4
-  python -m nucjax.main --mode=evaluate --config=configs/unet.py --workdir=runs/unet
-  python -m nucjax.main --mode=predict --config=configs/unet.py --workdir=runs/unet \
+  python -m nucjax.main --mode=evaluate --workdir=runs/unet
+  python -m nucjax.main --mode=predict --workdir=runs/unet \
       --input=my_images/ --output=out/ [--figure_image=NAME] [--checkpoint_step=K]
 
-The config file is locked: a mistyped override such as --config.optim.learning_rte=0.1 fails.
+Training needs --config (a locked file: a mistyped override such as
+--config.optim.learning_rte=0.1 fails). Evaluate and predict use the config the workdir saved;
+a --config given there may change evaluation and post-processing (config.eval), not the network.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from __future__ import annotations
 import os
 import sys
 
-import nucjax  # noqa: F401  (sets XLA CPU flags before jax starts)
+import nucjax.runtime
+
+nucjax.runtime.configure()  # XLA CPU flags and the PRNG, before jax starts
 
 # Config files import `configs.common`; make the repository root importable from anywhere.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(nucjax.__file__))))
@@ -40,7 +44,7 @@ flags.DEFINE_integer("checkpoint_step", None, "evaluate/predict: checkpoint step
 flags.DEFINE_string(
     "figure_image", None, "predict: comma-separated image stems or file names to draw Figure 2 for."
 )
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def _evaluate():
@@ -50,24 +54,26 @@ def _evaluate():
     m = report["metrics"]
     print(f"{report['split']}, step {report['step']}: dsb_score {m['dsb_score']:.4f} ", end="")
     print(f"over {m['num_images']} images")
+    for modality, values in report["by_modality"].items():
+        print(f"  {modality}: dsb_score {values['dsb_score']:.4f} ({values['num_images']} images)")
     print(f"report:  {report['markdown']}")
     print(f"details: {report['json']}")
 
 
 def _predict():
-    from nucjax import predict
+    from nucjax import predict, workdir
 
     if not FLAGS.input:
         raise app.UsageError("--mode=predict needs --input=FILES_OR_FOLDERS or --input=split:NAME")
+    model = workdir.load(FLAGS.workdir, FLAGS.config, FLAGS.checkpoint_step)
     output = FLAGS.output or os.path.join(FLAGS.workdir, "predictions")
     figures = [n for n in (FLAGS.figure_image or "").split(",") if n]
-    common = dict(step=FLAGS.checkpoint_step, figure_images=figures)
     if FLAGS.input.startswith("split:"):
         split = FLAGS.input.removeprefix("split:")
-        summary = predict.predict_split(FLAGS.config, FLAGS.workdir, split, output, **common)
+        summary = predict.predict_split(model, split, output, figure_images=figures)
     else:
         inputs = [p for p in FLAGS.input.split(",") if p]
-        summary = predict.predict_folder(FLAGS.config, FLAGS.workdir, inputs, output, **common)
+        summary = predict.predict_folder(model, inputs, output, figure_images=figures)
     print(f"{summary['processed']} images segmented, {summary['skipped']} skipped", end="")
     print(f" (checkpoint step {summary['step']})")
     for item in summary["skipped_files"]:
@@ -79,31 +85,37 @@ def _predict():
     print(f"summary:    {summary['summary']}")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # Hide GPUs from TensorFlow, or it reserves memory that JAX needs. Predicting needs no
-    # TensorFlow at all (accelerator hosts may not have it).
-    try:
-        import tensorflow as tf
-
-        tf.config.set_visible_devices([], "GPU")
-    except ImportError:
-        pass
+def _train():
     import jax
 
-    logging.info("JAX devices: %s", jax.devices())
-    if FLAGS.mode == "evaluate":
-        return _evaluate()
-    if FLAGS.mode == "predict":
-        return _predict()
     from nucjax import train
 
+    if FLAGS.config is None:
+        raise app.UsageError("training needs --config=configs/NETWORK.py[:VARIANT]")
     summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     if jax.process_index() == 0:
         print(f"checkpoints: {summary['checkpoints']}")
         print(f"metrics:     {summary['metrics']} (TensorBoard: {FLAGS.workdir}/tensorboard)")
         print(f"summary:     {os.path.join(FLAGS.workdir, 'summary.json')}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax
+
+    from nucjax import checkpoint, workdir
+
+    logging.info("JAX devices: %s", jax.devices())
+    try:
+        {"train": _train, "evaluate": _evaluate, "predict": _predict}[FLAGS.mode]()
+    except (
+        FileNotFoundError,  # also checkpoint.CheckpointNotFoundError
+        checkpoint.IncompatibleCheckpointError,
+        workdir.ConfigMismatchError,
+    ) as e:
+        # Expected user errors: one line that says what is wrong, not a traceback.
+        sys.exit(f"nucjax: {e}")
 
 
 if __name__ == "__main__":

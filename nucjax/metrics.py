@@ -17,6 +17,7 @@ decide); any other ratio x / 0 is 0.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -60,57 +61,6 @@ def pixel_sums(
             jnp.sum((pred | true) & keep, dtype=f32),
         ),
     }
-
-
-def jaccard_sums(
-    foreground_prob: jax.Array, label: jax.Array, valid: jax.Array, threshold: float = 0.5
-) -> dict[str, tuple[jax.Array, jax.Array]]:
-    """Mean per-image foreground IoU as a (sum, count) pair: (sum of image IoUs, valid images).
-
-    Each valid image's IoU of (foreground_prob > threshold) with (label > 0) over its labelled
-    pixels; an image with neither predicted nor true foreground scores 1.
-    """
-    keep = _labelled(label, valid)
-    pred = foreground_prob > threshold
-    true = label > 0
-    inter = jnp.sum(pred & true & keep, axis=(1, 2), dtype=jnp.float32)
-    union = jnp.sum((pred | true) & keep, axis=(1, 2), dtype=jnp.float32)
-    iou = jnp.where(union > 0, inter / jnp.maximum(union, 1.0), 1.0)
-    weight = (valid > 0).astype(jnp.float32)
-    return {"jaccard": (jnp.sum(iou * weight), jnp.sum(weight))}
-
-
-def keras_iou_sums(
-    foreground_prob: jax.Array, label: jax.Array, valid: jax.Array
-) -> dict[str, tuple[jax.Array, jax.Array]]:
-    """The Keras-starter mean IoU's ingredients as (intersection, union) pairs, pooled.
-
-    Keys `keras_iou/{t:.2f}/{bg|fg}`, one per threshold t of KERAS_THRESHOLDS and class; sum the
-    pairs over batches, then keras_mean_iou_from_sums. Same definition as keras_mean_iou.
-    """
-    keep = _labelled(label, valid)[..., None]
-    pred = foreground_prob[..., None] > jnp.asarray(KERAS_THRESHOLDS)  # (B, H, W, T)
-    true = (label > 0)[..., None]
-    f32 = jnp.float32
-    inter = {"fg": jnp.sum(pred & true & keep, (0, 1, 2), dtype=f32)}
-    union = {"fg": jnp.sum((pred | true) & keep, (0, 1, 2), dtype=f32)}
-    inter["bg"] = jnp.sum(~pred & ~true & keep, (0, 1, 2), dtype=f32)
-    union["bg"] = jnp.sum((~pred | ~true) & keep, (0, 1, 2), dtype=f32)
-    return {
-        f"keras_iou/{t:.2f}/{c}": (inter[c][i], union[c][i])
-        for i, t in enumerate(KERAS_THRESHOLDS)
-        for c in ("bg", "fg")
-    }
-
-
-def keras_mean_iou_from_sums(sums: dict[str, tuple[float, float]]) -> float:
-    """Keras-starter mean IoU from keras_iou_sums' pairs (summed over batches): host side."""
-    per_threshold = []
-    for t in KERAS_THRESHOLDS:
-        pairs = [sums[f"keras_iou/{t:.2f}/{c}"] for c in ("bg", "fg")]
-        ious = [float(s) / float(n) for s, n in pairs if float(n) > 0]
-        per_threshold.append(np.mean(ious) if ious else 0.0)
-    return float(np.mean(per_threshold))
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,8 +131,9 @@ def iou_matrix(true_label: np.ndarray, pred_label: np.ndarray) -> np.ndarray:
     return iou
 
 
-def _image_counts(true_label: np.ndarray, pred_label: np.ndarray) -> dict[str, np.ndarray]:
-    """Everything the set metrics need from one image, read off one joint histogram."""
+def _image_counts(true_label: np.ndarray, pred_label: np.ndarray) -> dict:
+    """The matching counts of one image, read off one joint histogram (additive over images
+    except n_true/n_pred per-image use)."""
     ti, pi, count, n_true, n_pred = _joint_histogram(true_label, pred_label)
     area_t = np.bincount(ti, count, minlength=n_true + 1).astype(np.int64)
     area_p = np.bincount(pi, count, minlength=n_pred + 1).astype(np.int64)
@@ -193,16 +144,11 @@ def _image_counts(true_label: np.ndarray, pred_label: np.ndarray) -> dict[str, n
     k = np.round(IOU_THRESHOLDS * 20).astype(np.int64)
     tp = np.sum(20 * inter[None, :] > k[:, None] * union[None, :], axis=1)
     matched = 2 * inter > union
-    fg_inter = int(inter.sum())
     return {
         "n_true": n_true,
         "n_pred": n_pred,
         "tp": tp,
         "matched_iou_sum": float(np.sum(inter[matched] / union[matched])),
-        "fg_intersection": fg_inter,
-        "fg_union": int(count.sum() - count[(ti == 0) & (pi == 0)].sum()),
-        "pixels_correct": int(count[(ti == 0) & (pi == 0)].sum()) + fg_inter,
-        "pixels": int(count.sum()),
     }
 
 
@@ -212,17 +158,15 @@ def _ratio(num, den, both_empty: bool):
     return np.where(den > 0, num / np.maximum(den, 1), 1.0 if both_empty else 0.0)
 
 
-def _image_row(c: dict) -> dict[str, float]:
-    empty = c["n_true"] == 0 and c["n_pred"] == 0
-    tp = c["tp"]
-    fp, fn = c["n_pred"] - tp, c["n_true"] - tp
+def _matching_summary(tp, n_true, n_pred, matched_iou_sum) -> dict[str, float]:
+    """Scores from matching counts (of one image, or pooled over images)."""
+    empty = n_true == 0 and n_pred == 0
+    fp, fn = n_pred - tp, n_true - tp
     ap = _ratio(tp, tp + fp + fn, empty)
     tp5, fp5, fn5 = int(tp[0]), int(fp[0]), int(fn[0])
     rq = float(_ratio(tp5, tp5 + 0.5 * fp5 + 0.5 * fn5, empty))
-    sq = float(_ratio(c["matched_iou_sum"], tp5, empty))
+    sq = float(_ratio(matched_iou_sum, tp5, empty))
     return {
-        "n_true": c["n_true"],
-        "n_pred": c["n_pred"],
         "dsb_score": float(ap.mean()),
         **{f"ap@{t:.2f}": float(a) for t, a in zip(IOU_THRESHOLDS, ap, strict=True)},
         "tp@0.50": tp5,
@@ -234,9 +178,95 @@ def _image_row(c: dict) -> dict[str, float]:
         "pq": sq * rq,
         "sq": sq,
         "rq": rq,
-        "foreground_iou": float(_ratio(c["fg_intersection"], c["fg_union"], True)),
-        "pixel_accuracy": float(_ratio(c["pixels_correct"], c["pixels"], True)),
     }
+
+
+def pixel_counts(foreground: np.ndarray, true_label: np.ndarray, threshold: float = 0.5):
+    """pixel_sums (the trainer's definition) of one (H, W) map as {name: (sum, count)} floats.
+
+    foreground: probability map, or a predicted label image read as (label > 0) > threshold.
+    """
+    sums = pixel_sums(
+        jnp.asarray(foreground, jnp.float32)[None],
+        jnp.asarray(true_label, jnp.int32)[None],
+        jnp.ones(1, jnp.float32),
+        threshold,
+    )
+    return {k: (float(a), float(b)) for k, (a, b) in jax.device_get(sums).items()}
+
+
+def image_record(
+    true_label: np.ndarray,
+    pred_label: np.ndarray | None = None,
+    foreground_prob: np.ndarray | None = None,
+) -> dict:
+    """One image's metrics: {"row": per-image values, "sums": what set metrics add up}.
+
+    true_label: (H, W) int, -1 = not labelled; pred_label: (H, W) int >= 0 predicted nuclei
+    (instance and pixel metrics of the nuclei); foreground_prob: (H, W) probability map (the
+    map_* pixel metrics and the Keras-starter mean IoU). Either may be None. summarize() turns
+    any list of records into set metrics, so subsets (one modality) cost nothing extra.
+    """
+    row: dict[str, Any] = {}
+    sums: dict[str, Any] = {}
+    if pred_label is not None:
+        c = _image_counts(true_label, pred_label)
+        sums["counts"] = c
+        sums["pixels"] = pixel_counts(np.asarray(pred_label) > 0, true_label)
+        row.update(n_true=c["n_true"], n_pred=c["n_pred"], **_matching_summary(**c))
+    if foreground_prob is not None:
+        sums["map_pixels"] = pixel_counts(foreground_prob, true_label)
+        sums["keras"] = _keras_histograms(foreground_prob, true_label)
+    for prefix in ("", "map_"):
+        for name, (num, den) in sums.get(f"{prefix}pixels", {}).items():
+            row[prefix + name] = float(_ratio(num, den, True))
+    return {"row": row, "sums": sums}
+
+
+def _instance_summary(records: Sequence[dict]) -> dict[str, float]:
+    rows = [r["row"] for r in records]
+
+    def mean(key: str) -> float:
+        return float(np.mean([r[key] for r in rows]))
+
+    counts = [r["sums"]["counts"] for r in records]
+    pooled = _matching_summary(
+        tp=sum((c["tp"] for c in counts), np.zeros(len(IOU_THRESHOLDS), np.int64)),
+        n_true=sum(c["n_true"] for c in counts),
+        n_pred=sum(c["n_pred"] for c in counts),
+        matched_iou_sum=sum(c["matched_iou_sum"] for c in counts),
+    )
+    return {
+        "true_nuclei": int(sum(c["n_true"] for c in counts)),
+        "predicted_nuclei": int(sum(c["n_pred"] for c in counts)),
+        "dsb_score": mean("dsb_score"),
+        **{f"ap@{t:.2f}": mean(f"ap@{t:.2f}") for t in IOU_THRESHOLDS},
+        **{k: pooled[k] for k in ("precision@0.50", "recall@0.50", "f1@0.50")},
+        "pq": mean("pq"),
+        "sq": mean("sq"),
+        "rq": mean("rq"),
+        "pq_pooled": pooled["pq"],
+        "sq_pooled": pooled["sq"],
+        "rq_pooled": pooled["rq"],
+        "foreground_iou_mean": mean("foreground_iou"),
+    }
+
+
+def summarize(records: Sequence[dict]) -> dict[str, float]:
+    """Set metrics of image_record()s (see evaluate_instances for the conventions)."""
+    result: dict[str, float] = {"num_images": len(records)}
+    if records and all("counts" in r["sums"] for r in records):
+        result.update(_instance_summary(records))
+    for prefix in ("", "map_"):
+        parts = [r["sums"][f"{prefix}pixels"] for r in records if f"{prefix}pixels" in r["sums"]]
+        for name in ("foreground_iou", "pixel_accuracy") if parts else ():
+            num, den = (sum(p[name][i] for p in parts) for i in (0, 1))
+            key = "foreground_iou_pooled" if (prefix, name) == ("", "foreground_iou") else name
+            result[prefix + key] = float(_ratio(num, den, True))
+    keras = [r["sums"]["keras"] for r in records if "keras" in r["sums"]]
+    if keras:
+        result["keras_mean_iou"] = _keras_from_histograms(*map(sum, zip(*keras, strict=True)))
+    return result
 
 
 def matching_counts(true_label: np.ndarray, pred_label: np.ndarray) -> dict[str, np.ndarray]:
@@ -255,7 +285,7 @@ def dsb_image_score(true_label: np.ndarray, pred_label: np.ndarray) -> float:
     A prediction is a TP at t when its IoU with a true nucleus is > t (strictly); FP are
     unmatched predictions, FN unmatched true nuclei. No true and no predicted nuclei: 1.
     """
-    return _image_row(_image_counts(true_label, pred_label))["dsb_score"]
+    return _matching_summary(**_image_counts(true_label, pred_label))["dsb_score"]
 
 
 def dsb_score(true_labels: Sequence[np.ndarray], pred_labels: Sequence[np.ndarray]) -> float:
@@ -276,8 +306,33 @@ def panoptic_quality(true_label: np.ndarray, pred_label: np.ndarray) -> tuple[fl
 
     SQ = mean IoU of matched pairs, RQ = TP / (TP + FP/2 + FN/2), PQ = SQ * RQ.
     """
-    row = _image_row(_image_counts(true_label, pred_label))
+    row = _matching_summary(**_image_counts(true_label, pred_label))
     return row["pq"], row["sq"], row["rq"]
+
+
+def _keras_histograms(prob: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(all, positive): labelled pixels by how many KERAS_THRESHOLDS their prob exceeds, (11,)
+    each; positive counts the truly-nucleus ones. Additive over images."""
+    n = len(KERAS_THRESHOLDS)
+    prob, label = np.asarray(prob, np.float32).ravel(), np.asarray(label).ravel()
+    keep = label >= 0
+    above = np.searchsorted(KERAS_THRESHOLDS, prob[keep], side="left")  # #{t: prob > t}
+    everything = np.bincount(above, minlength=n + 1).astype(np.float64)
+    positive = np.bincount(above, (label[keep] > 0).astype(np.float64), minlength=n + 1)
+    return everything, positive
+
+
+def _keras_from_histograms(allpix: np.ndarray, pos: np.ndarray) -> float:
+    # Predicted positive at threshold k <=> prob exceeds thresholds 0..k <=> above > k.
+    pred_pos = np.cumsum(allpix[::-1])[::-1][1:]
+    tp = np.cumsum(pos[::-1])[::-1][1:]
+    true_pos, total = pos.sum(), allpix.sum()
+    fp, fn = pred_pos - tp, true_pos - tp
+    tn = total - tp - fp - fn
+    ious = np.stack([tp / np.maximum(tp + fp + fn, 1), tn / np.maximum(tn + fp + fn, 1)])
+    present = np.stack([tp + fp + fn > 0, tn + fp + fn > 0])
+    per_t = np.where(present.any(0), (ious * present).sum(0) / np.maximum(present.sum(0), 1), 0)
+    return float(per_t.mean())
 
 
 def keras_mean_iou(
@@ -293,25 +348,8 @@ def keras_mean_iou(
     """
     if isinstance(foreground_probs, np.ndarray) and foreground_probs.ndim == 2:
         foreground_probs, true_labels = [foreground_probs], [true_labels]
-    n = len(KERAS_THRESHOLDS)
-    pos = np.zeros(n + 1)  # pixels by how many thresholds they exceed, truly foreground
-    allpix = np.zeros(n + 1)
-    for prob, label in zip(foreground_probs, true_labels, strict=True):
-        prob, label = np.asarray(prob, np.float32).ravel(), np.asarray(label).ravel()
-        keep = label >= 0
-        above = np.searchsorted(KERAS_THRESHOLDS, prob[keep], side="left")  # #{t: prob > t}
-        allpix += np.bincount(above, minlength=n + 1)
-        pos += np.bincount(above, (label[keep] > 0).astype(np.float64), minlength=n + 1)
-    # Predicted positive at threshold k <=> prob exceeds thresholds 0..k <=> above > k.
-    pred_pos = np.cumsum(allpix[::-1])[::-1][1:]
-    tp = np.cumsum(pos[::-1])[::-1][1:]
-    true_pos, total = pos.sum(), allpix.sum()
-    fp, fn = pred_pos - tp, true_pos - tp
-    tn = total - tp - fp - fn
-    ious = np.stack([tp / np.maximum(tp + fp + fn, 1), tn / np.maximum(tn + fp + fn, 1)])
-    present = np.stack([tp + fp + fn > 0, tn + fp + fn > 0])
-    per_t = np.where(present.any(0), (ious * present).sum(0) / np.maximum(present.sum(0), 1), 0)
-    return float(per_t.mean())
+    parts = [_keras_histograms(p, t) for p, t in zip(foreground_probs, true_labels, strict=True)]
+    return _keras_from_histograms(*map(sum, zip(*parts, strict=True)))
 
 
 def evaluate_instances(
@@ -322,7 +360,7 @@ def evaluate_instances(
     """All instance and pixel metrics of a set of images, and one row per image.
 
     true_labels, pred_labels: lists of (H, W) int instance ids (true -1 = not labelled);
-    foreground_probs: optional (H, W) probability maps, for keras_mean_iou.
+    foreground_probs: optional (H, W) probability maps, for keras_mean_iou and map_* metrics.
     Set values: dsb_score and ap@t are means over images; precision/recall/f1@0.50 come from TP,
     FP, FN pooled over images; pq/sq/rq are means over images (the nuclei convention), and
     pq/sq/rq_pooled from pooled counts; foreground_iou_pooled and pixel_accuracy pool pixels,
@@ -330,37 +368,8 @@ def evaluate_instances(
     """
     if len(true_labels) != len(pred_labels):
         raise ValueError(f"{len(true_labels)} true vs {len(pred_labels)} predicted images")
-    counts = [_image_counts(t, p) for t, p in zip(true_labels, pred_labels, strict=True)]
-    rows = [_image_row(c) for c in counts]
-
-    def mean(key: str) -> float:
-        return float(np.mean([r[key] for r in rows])) if rows else float("nan")
-
-    tp, fp, fn = (sum(r[f"{k}@0.50"] for r in rows) for k in ("tp", "fp", "fn"))
-    empty = tp + fp + fn == 0
-    rq = float(_ratio(tp, tp + 0.5 * fp + 0.5 * fn, empty))
-    sq = float(_ratio(sum(c["matched_iou_sum"] for c in counts), tp, empty))
-    total = {k: sum(c[k] for c in counts) for k in ("fg_intersection", "fg_union")}
-    result = {
-        "num_images": len(rows),
-        "dsb_score": mean("dsb_score"),
-        **{f"ap@{t:.2f}": mean(f"ap@{t:.2f}") for t in IOU_THRESHOLDS},
-        "precision@0.50": float(_ratio(tp, tp + fp, empty)),
-        "recall@0.50": float(_ratio(tp, tp + fn, empty)),
-        "f1@0.50": float(_ratio(2 * tp, 2 * tp + fp + fn, empty)),
-        "pq": mean("pq"),
-        "sq": mean("sq"),
-        "rq": mean("rq"),
-        "pq_pooled": sq * rq,
-        "sq_pooled": sq,
-        "rq_pooled": rq,
-        "foreground_iou_pooled": float(_ratio(total["fg_intersection"], total["fg_union"], True)),
-        "foreground_iou_mean": mean("foreground_iou"),
-        "pixel_accuracy": float(
-            _ratio(sum(c["pixels_correct"] for c in counts), sum(c["pixels"] for c in counts), True)
-        ),
-    }
-    if foreground_probs is not None:
-        result["keras_mean_iou"] = keras_mean_iou(foreground_probs, true_labels)
-    result["images"] = rows
-    return result
+    probs = foreground_probs if foreground_probs is not None else [None] * len(true_labels)
+    records = [
+        image_record(t, p, f) for t, p, f in zip(true_labels, pred_labels, probs, strict=True)
+    ]
+    return {**summarize(records), "images": [r["row"] for r in records]}

@@ -1,9 +1,10 @@
 """Segment the nuclei of your own images (or of a data set split) with a trained workdir.
 
-  python -m nucjax.main --mode=predict --config=configs/unet.py --workdir=runs/unet \
-      --input=images/,extra.tif --output=out/
-  python -m nucjax.main --mode=predict --config=configs/unet.py --workdir=runs/unet \
+  python -m nucjax.main --mode=predict --workdir=runs/unet --input=images/,extra.tif --output=out/
+  python -m nucjax.main --mode=predict --workdir=runs/unet \
       --input=split:test --output=out/test    # the 65 stage-1 test images: a Kaggle CSV
+
+The workdir's saved config builds the network; nothing of the optimizer is read.
 
 Reads PNG, JPEG, BMP (pillow) and TIFF (tifffile): grey, grey + alpha, RGB or RGBA, 8- or
 16-bit or float, any size (tiled, never resized). Writes, for every image with stem S:
@@ -15,8 +16,8 @@ Reads PNG, JPEG, BMP (pillow) and TIFF (tifffile): grey, grey + alpha, RGB or RG
                  original image, its own units, averaged over colour channels), score
 and, for the whole set, submission.csv (Kaggle DSB 2018: ImageId = stem, EncodedPixels =
 run-length encoding, column-major, 1-indexed; an image without nuclei gets one empty row) and
-summary.json (files processed, files skipped and why). Every file is written under a
-temporary name and renamed when complete, so a crash never leaves a half-written output.
+summary.json (files processed, files skipped and why). Writers: nucjax.outputs (atomic: a
+crash never leaves a half-written output).
 
 A file that cannot be used (not an image, a stack rather than one image, smaller than
 MIN_SIDE pixels, NaN values, a stem already taken) is skipped and listed in the summary; the
@@ -26,34 +27,22 @@ error.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tifffile
 from absl import logging
 from PIL import Image
-from skimage.measure import regionprops_table
-from skimage.segmentation import find_boundaries
 
-from nucjax import figures, inference
-from nucjax.data import rle
-from nucjax.data.images import input_view, to_rgb
-from nucjax.data.pipeline import normalize_image
+from nucjax import evaluators, figures, outputs, reporting, whole_image
+from nucjax import workdir as workdirs
+from nucjax.data.images import network_input, to_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-# Files this module writes: never read back as inputs when the output folder is an input.
-OUTPUT_SUFFIXES = ("_labels.tif", "_prob.tif", "_overlay.png", "_figure.png")
 MIN_SIDE = 8  # pixels; smaller images hold no nucleus worth finding
-OUTLINE = (255, 255, 0)
-NUCLEI_COLUMNS = (
-    "id area centroid_y centroid_x bbox_min_row bbox_min_col bbox_max_row bbox_max_col "
-    "mean_intensity score"
-).split()
 
 
 class UnsupportedImageError(ValueError):
@@ -82,7 +71,7 @@ def gather_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
                 if not os.path.isfile(full) or name.startswith("."):
                     continue
                 wanted = name.lower().endswith(IMAGE_SUFFIXES)
-                ours = name.endswith(OUTPUT_SUFFIXES)
+                ours = name.endswith(outputs.OUTPUT_SUFFIXES)
                 (found if wanted and not ours else ignored).append(full)
             if not found:
                 raise FileNotFoundError(
@@ -143,256 +132,146 @@ def read_image(path: str) -> np.ndarray:
     return array
 
 
-def intensity_image(raw: np.ndarray) -> np.ndarray:
-    """(H, W) float64 intensity in the file's own units: colour channels averaged, alpha dropped."""
-    raw = np.asarray(raw, np.float64)
-    if raw.ndim == 2:
-        return raw
-    channels = raw.shape[-1]
-    return raw[..., : 3 if channels >= 3 else 1].mean(axis=-1)
-
-
-# --------------------------------------------------------------------------------------------
-# Outputs
-
-
-def write_label_tiff(path: str, label: np.ndarray) -> str:
-    """label (H, W) ids -> uint16 TIFF (int32 when ids pass 65535), zlib-compressed."""
-    dtype = np.uint16 if label.size == 0 or label.max() <= np.iinfo(np.uint16).max else np.int32
-    data = np.ascontiguousarray(label, dtype)
-    return inference.write_atomically(
-        path, lambda tmp: tifffile.imwrite(tmp, data, photometric="minisblack", compression="zlib")
-    )
-
-
-def write_float_tiff(path: str, values: np.ndarray) -> str:
-    data = np.ascontiguousarray(values, np.float32)
-    return inference.write_atomically(
-        path, lambda tmp: tifffile.imwrite(tmp, data, photometric="minisblack", compression="zlib")
-    )
-
-
-def overlay(image: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """image (H, W, 3) uint8 with the inner boundary of every nucleus painted OUTLINE."""
-    out = np.array(image, np.uint8)
-    out[find_boundaries(label, mode="inner")] = OUTLINE
-    return out
-
-
-def write_png(path: str, image: np.ndarray) -> str:
-    return inference.write_atomically(
-        path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG")
-    )
-
-
-def nuclei_table(label: np.ndarray, scores: np.ndarray, intensity: np.ndarray) -> list[list]:
-    """One row per nucleus (NUCLEI_COLUMNS): bounding boxes half-open, [min, max)."""
-    props = regionprops_table(
-        label,
-        intensity_image=intensity,
-        properties=("label", "area", "centroid", "bbox", "intensity_mean"),
-    )
-    keys = ["label", "area", "centroid-0", "centroid-1", "bbox-0", "bbox-1", "bbox-2", "bbox-3"]
-    rows = []
-    for i in range(len(props["label"])):
-        n = int(props["label"][i])
-        row = [round(float(props[k][i]), 3) if "centroid" in k else int(props[k][i]) for k in keys]
-        row += [round(float(props["intensity_mean"][i]), 4), round(float(scores[n - 1]), 4)]
-        rows.append(row)
-    return rows
-
-
-def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return inference.write_text(path, buffer.getvalue())
-
-
-def submission_rows(image_id: str, label: np.ndarray) -> list[tuple[str, str]]:
-    """Kaggle rows of one image: one per nucleus, or a single empty row when there is none."""
-    rles = [r for r in rle.label_to_rles(label) if r]
-    return [(image_id, r) for r in rles] or [(image_id, "")]
-
-
-def write_image_outputs(
-    output_dir: str, stem: str, raw: np.ndarray, rgb: np.ndarray, p: inference.ImagePrediction
-) -> dict[str, str]:
-    """The four per-image files of one prediction (see the module docstring). Returns paths."""
-    base = os.path.join(output_dir, stem)
-    label, scores = p.instances.label, p.instances.scores
-    return {
-        "labels": write_label_tiff(base + "_labels.tif", label),
-        "prob": write_float_tiff(base + "_prob.tif", p.foreground),
-        "overlay": write_png(base + "_overlay.png", overlay(rgb, label)),
-        "nuclei": write_csv(
-            base + "_nuclei.csv", NUCLEI_COLUMNS, nuclei_table(label, scores, intensity_image(raw))
-        ),
-    }
-
-
 # --------------------------------------------------------------------------------------------
 # The loop
 
 
+def _load_raw(stem: str, source: str, load, taken: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """(raw array, rgb uint8) of one input, or UnsupportedImageError / ValueError to skip it."""
+    if stem in taken:
+        raise UnsupportedImageError(
+            f"{os.path.basename(source)}: its outputs would overwrite those of "
+            f"{taken[stem]} (same name {stem!r})"
+        )
+    raw = load()
+    return raw, to_rgb(raw)
+
+
+def _segment_one(model, output_dir, stem, source, raw, rgb, wanted, image_outputs) -> dict:
+    """Segment one image and write its files; returns its summary row (with its nuclei)."""
+    ev = model.config.eval
+    p = whole_image.segment_image(
+        model.spec,
+        model.variables,
+        network_input(rgb, model.config.data.input_view),
+        tile_size=ev.tile_size,
+        overlap=ev.tile_overlap,
+    )
+    files = {}
+    if image_outputs:
+        files = outputs.write_image_outputs(output_dir, stem, raw, rgb, p.instances, p.foreground)
+    if {stem, os.path.basename(source)} & wanted:
+        files["figure"] = figures.save_confidence_figure(
+            os.path.join(output_dir, f"{stem}_figure.png"),
+            rgb,
+            p.foreground,
+            p.instances,
+            title=f"{stem}: foreground probability, per-nucleus confidence",
+        )
+    return {
+        "file": source,
+        "image_id": stem,
+        "height": int(rgb.shape[0]),
+        "width": int(rgb.shape[1]),
+        "nuclei": int(p.instances.label.max()),
+        "predict_s": p.predict_s,
+        "postprocess_s": p.postprocess_s,
+        "outputs": files,
+        "submission": outputs.submission_rows(stem, p.instances.label),
+    }
+
+
 def _run(
-    config,
-    workdir,
-    items: Iterator,
-    total: int,
-    output_dir,
-    *,
-    step,
-    figure_images,
-    model,
-    image_outputs=True,
-    extra=None,
+    model, items: Iterator, total: int, output_dir, *, figure_images, image_outputs=True, extra=None
 ) -> dict:
     """Predict every (stem, source, load) of `items`; load() -> raw array or raises."""
-    spec, variables, step = model or inference.load_model(config, workdir, step)
     output_dir = os.path.abspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
-    ev = config.eval
     wanted = {str(n) for n in figure_images}
-    found_figures: set[str] = set()
-    images, skipped, rows, taken = [], [], [], {}
-    progress = inference.ImageProgress(total, "predict")
+    images, skipped, taken = [], [], {}
+    bar = reporting.progress(total, "predict", "img")
     t0 = time.perf_counter()
-    for done, (stem, source, load) in enumerate(items, 1):
+    for stem, source, load in items:
+        bar.update()
         try:
-            if stem in taken:
-                raise UnsupportedImageError(
-                    f"{os.path.basename(source)}: its outputs would overwrite those of "
-                    f"{taken[stem]} (same name {stem!r})"
-                )
-            raw = load()
-            rgb = to_rgb(raw)
+            raw, rgb = _load_raw(stem, source, load, taken)
         except ValueError as e:  # UnsupportedImageError, or to_rgb refusing the array
             logging.warning("skipped %s: %s", source, e)
             skipped.append({"file": source, "reason": str(e)})
-            progress.update(done, f"{stem} (skipped)")
             continue
         taken[stem] = source
-        p = inference.segment_image(
-            spec,
-            variables,
-            normalize_image(input_view(rgb, config.data.input_view)),
-            tile_size=ev.tile_size,
-            overlap=ev.tile_overlap,
-        )
-        outputs = write_image_outputs(output_dir, stem, raw, rgb, p) if image_outputs else {}
-        names = {stem, os.path.basename(source)}
-        if names & wanted:
-            found_figures |= names & wanted
-            outputs["figure"] = figures.save_confidence_figure(
-                os.path.join(output_dir, f"{stem}_figure.png"),
-                rgb,
-                p.foreground,
-                p.instances,
-                title=f"{stem}: foreground probability, per-nucleus confidence",
-            )
-        rows += submission_rows(stem, p.instances.label)
         images.append(
-            {
-                "file": source,
-                "image_id": stem,
-                "height": int(rgb.shape[0]),
-                "width": int(rgb.shape[1]),
-                "nuclei": int(p.instances.label.max()),
-                "predict_s": p.predict_s,
-                "postprocess_s": p.postprocess_s,
-                "outputs": outputs,
-            }
+            _segment_one(model, output_dir, stem, source, raw, rgb, wanted, image_outputs)
         )
-        progress.update(done, stem)
+    bar.close()
+    found = {n for row in images for n in (row["image_id"], os.path.basename(row["file"]))}
     summary = {
-        "model": config.model.name,
-        "workdir": os.path.abspath(workdir),
-        "step": step,
+        "model": model.config.model.name,
+        "step": model.step,
         "output_dir": output_dir,
         **(extra or {}),
         "processed": len(images),
         "skipped": len(skipped),
         "skipped_files": skipped,
-        "figures_not_found": sorted(wanted - found_figures),
+        "figures_not_found": sorted(wanted - found),
         "seconds": time.perf_counter() - t0,
         "images": images,
         "submission": os.path.join(output_dir, "submission.csv"),
         "summary": os.path.join(output_dir, "summary.json"),
     }
-    write_csv(summary["submission"], ("ImageId", "EncodedPixels"), rows)
-    inference.write_text(summary["summary"], json.dumps(summary, indent=2) + "\n")
+    rows = [r for row in images for r in row.pop("submission")]
+    outputs.write_csv(summary["submission"], ("ImageId", "EncodedPixels"), rows)
+    outputs.write_text(summary["summary"], json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 def predict_folder(
-    config,
-    workdir: str,
+    model: workdirs.TrainedModel,
     inputs: Sequence[str],
     output_dir: str,
     *,
-    step: int | None = None,
     figure_images: Sequence[str] = (),
-    model=None,
 ) -> dict:
-    """Segment image files and folders of them with workdir's checkpoint `step` (latest).
+    """Segment image files and folders of them with a trained model (nucjax.workdir.load).
 
     inputs: files and/or folders; figure_images: stems or file names to draw the confidence
-    figure (nucjax.figures) for; model: (spec, variables, step) to reuse a loaded model.
-    Returns the summary also written to output_dir/summary.json.
+    figure (nucjax.figures) for. Returns the summary also written to output_dir/summary.json.
     """
     files, ignored = gather_inputs(inputs)
     items = (
         (os.path.splitext(os.path.basename(f))[0], f, lambda f=f: read_image(f)) for f in files
     )
-    return _run(
-        config,
-        workdir,
-        items,
-        len(files),
-        output_dir,
-        step=step,
-        figure_images=figure_images,
-        model=model,
-        extra={"inputs": list(inputs), "ignored_files": ignored},
-    )
+    extra = {"inputs": list(inputs), "ignored_files": ignored}
+    return _run(model, items, len(files), output_dir, figure_images=figure_images, extra=extra)
 
 
 def predict_split(
-    config,
-    workdir: str,
+    model: workdirs.TrainedModel,
     split: str,
     output_dir: str,
     *,
-    step: int | None = None,
     figure_images: Sequence[str] = (),
-    model=None,
     image_outputs: bool = True,
 ) -> dict:
-    """predict_folder for a split of config.data (e.g. the 65 DSB stage-1 `test` images).
-
-    ImageIds are the data set's ids, so submission.csv is what Kaggle scored.
-    """
+    """predict_folder for a split of the model's config.data (e.g. the 65 DSB stage-1 `test`
+    images). ImageIds are the data set's ids, so submission.csv is what Kaggle scores."""
     from nucjax import data
 
+    data_config = model.config.data
+
     def items():
-        for example in data.raw_dataset(config.data, split).as_numpy_iterator():
-            image_id = example["id"]
-            image_id = image_id.decode() if isinstance(image_id, bytes) else str(image_id)
+        for example in data.raw_dataset(data_config, split).as_numpy_iterator():
+            image_id = evaluators.decode_id(example["id"])
             yield image_id, f"{split}:{image_id}", lambda im=example["image"]: np.asarray(im)
 
     return _run(
-        config,
-        workdir,
+        model,
         items(),
-        data.num_examples(config.data, split),
+        data.num_examples(data_config, split),
         output_dir,
-        step=step,
         figure_images=figure_images,
-        model=model,
         image_outputs=image_outputs,
-        extra={"inputs": [f"split:{split}"], "data_source": config.data.source},
+        extra={"inputs": [f"split:{split}"], "data_source": data_config.source},
     )
 
 
@@ -402,5 +281,4 @@ __all__ = [
     "predict_folder",
     "predict_split",
     "read_image",
-    "submission_rows",
 ]

@@ -1,14 +1,12 @@
-"""Where training reports go: a JSON-lines file, TensorBoard event files, a console bar."""
+"""Where reports go: a JSON-lines file, TensorBoard event files, and the console progress bar."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
-import time
-from typing import Any
 
+import tqdm
 from absl import logging
 
 
@@ -27,9 +25,9 @@ class MetricWriter:
             return
         os.makedirs(workdir, exist_ok=True)
         try:
-            import tensorflow as tf
+            from nucjax.runtime import import_tensorflow
 
-            self._tf = tf
+            self._tf = tf = import_tensorflow()
             self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
         except ImportError:
             logging.warning("TensorFlow is not installed: no TensorBoard files, JSON lines only")
@@ -51,45 +49,20 @@ class MetricWriter:
             self._tb.close()
 
 
-def format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+def progress(total: int, what: str, unit: str = "it", initial: int = 0) -> tqdm.tqdm:
+    """The one progress display of nucjax (training steps, evaluated or predicted images).
 
-
-class ProgressBar:
-    """A console progress bar with step rate and ETA.
-
-    On a terminal it redraws one line; in a log file it prints one line per `update`.
+    A redrawn line with rate and ETA on a terminal; in a log file (no TTY) a line every 30 s
+    at most, so long runs keep readable logs.
     """
-
-    def __init__(self, total: int, initial: int = 0, stream=None, width: int = 24):
-        self.total, self.start_step, self.width = total, initial, width
-        self.stream = stream or sys.stderr
-        self.tty = getattr(self.stream, "isatty", lambda: False)()
-        self.t0 = None
-
-    def update(self, step: int, scalars: dict[str, Any] | None = None) -> None:
-        now = time.perf_counter()
-        if self.t0 is None:
-            # The first update follows compilation: rates count from here.
-            self.t0, self.start_step = now, step
-        done = step - self.start_step
-        rate = done / (now - self.t0) if now > self.t0 and done else float("nan")
-        eta = (self.total - step) / rate if rate == rate and rate > 0 else float("nan")
-        filled = int(self.width * step / max(self.total, 1))
-        bar = "#" * filled + "." * (self.width - filled)
-        extra = " ".join(f"{k} {v:.4g}" for k, v in (scalars or {}).items())
-        line = (
-            f"step {step}/{self.total} [{bar}] {rate:.2f} step/s ETA {format_duration(eta)} {extra}"
-        )
-        if self.tty:
-            self.stream.write("\r" + line.ljust(100))
-            if step >= self.total:
-                self.stream.write("\n")
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+    tty = sys.stderr.isatty()
+    return tqdm.tqdm(
+        total=total,
+        initial=initial,
+        desc=what,
+        unit=unit,
+        file=sys.stderr,
+        dynamic_ncols=tty,
+        mininterval=0.5 if tty else 30.0,
+        ascii=not tty,
+    )

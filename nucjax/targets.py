@@ -1,4 +1,4 @@
-"""Instance labels -> the targets each network learns: three-class, binary + weights, instances.
+"""Instance labels -> the per-pixel targets each semantic network learns: three-class, binary.
 
 Every function here is pure jax.numpy with static shapes, so it runs inside the jitted training
 step, under vmap, and on numpy input. Labels follow the host batch contract
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from absl import logging
 
 BACKGROUND, INTERIOR, BORDER = 0, 1, 2
 UNLABELLED = -1
@@ -92,65 +90,3 @@ def binary_targets(label: jax.Array, border_weight: float = 0.0) -> tuple[jax.Ar
     emphasised = (nucleus_border(label) | separating_gap(label)).astype(jnp.float32)
     weight = pixel_weights(label) * (1.0 + border_weight * emphasised)
     return foreground, weight
-
-
-def padded_instances(label: jax.Array, max_instances: int) -> dict[str, jax.Array]:
-    """The nuclei of one label image as a fixed number K = max_instances of boxes and masks.
-
-    label: (H, W) int instance ids (any positive ids; 0 and -1 are not instances; ids below
-        2**31 - 1). vmap it for a batch.
-    Returns a dict:
-      boxes: (K, 4) float32, y0 x0 y1 x1 in pixels, y1 and x1 exclusive (rows y0..y1-1);
-             zeros for invalid slots
-      masks: (K, H, W) bool
-      valid: (K,) bool
-      num_instances: () int32, the number of distinct nuclei before truncation
-      num_truncated: () int32, max(num_instances - K, 0)
-    Slots are filled in increasing id order; when there are more than K nuclei the ones with the
-    largest ids are dropped (for a crop that is arbitrary but deterministic) and counted in
-    num_truncated; log it on the host with log_truncation, truncation is never silent.
-    """
-    label = jnp.asarray(label, jnp.int32)
-    height, width = label.shape
-    none = jnp.iinfo(jnp.int32).max
-    # One sort gives both the distinct ids in order and their count (jnp.unique with a size
-    # would sort again to count what it truncated).
-    ordered = jnp.sort(jnp.where(label > 0, label, none).ravel())
-    first = jnp.concatenate([jnp.ones(1, bool), ordered[1:] != ordered[:-1]]) & (ordered != none)
-    rank = jnp.cumsum(first) - 1
-    slot = jnp.where(first & (rank < max_instances), rank, max_instances)
-    ids = jnp.full(max_instances, none, jnp.int32).at[slot].set(ordered, mode="drop")
-    valid = ids != none
-    masks = (label[None] == ids[:, None, None]) & valid[:, None, None]
-    rows, cols = masks.any(axis=2), masks.any(axis=1)
-    y0 = jnp.argmax(rows, axis=1)
-    y1 = height - jnp.argmax(rows[:, ::-1], axis=1)
-    x0 = jnp.argmax(cols, axis=1)
-    x1 = width - jnp.argmax(cols[:, ::-1], axis=1)
-    boxes = jnp.stack([y0, x0, y1, x1], axis=1).astype(jnp.float32)
-    num_instances = jnp.sum(first, dtype=jnp.int32)
-    return {
-        "boxes": jnp.where(valid[:, None], boxes, 0.0),
-        "masks": masks,
-        "valid": valid,
-        "num_instances": num_instances,
-        "num_truncated": jnp.maximum(num_instances - max_instances, 0),
-    }
-
-
-def log_truncation(num_truncated, *, where: str = "") -> int:
-    """Host side: log a warning when any nucleus was dropped by padded_instances.
-
-    num_truncated: scalar or array (per example, per device) of counts, numpy or jax.
-    Returns the total number dropped.
-    """
-    total = int(np.sum(np.asarray(jax.device_get(num_truncated))))
-    if total > 0:
-        suffix = f" ({where})" if where else ""
-        logging.warning(
-            "padded_instances dropped %d nuclei beyond max_instances%s; raise "
-            "config.data.max_instances to keep them",
-            total,
-            suffix,
-        )
-    return total

@@ -4,9 +4,14 @@ The trainer never asks which network it runs. `nucjax.models.build(config)` give
 (module, loss, foreground map, post-processing) and the trainer only uses that.
 
 The step is one XLA program per device, written with `jax.shard_map` under `jax.jit` over a
-1-D `data` mesh: the per-device batch slice runs forward and backward, gradients are summed
-with `lax.psum` and every loss term is divided by its *global* count, so the result equals a
-single-device step on the whole batch, whatever the number of devices.
+1-D `data` mesh: the per-device batch slice runs forward and backward and every loss term is
+divided by its *global* count (a psum of the counts). Gradients are NOT psum'd: the
+parameters enter shard_map replicated, so its autodiff already sums their cotangents over the
+devices, and an explicit psum would multiply the gradient by the device count (the bug the
+1-vs-4-device test caught). The result equals a single-device step on the whole batch.
+
+Evaluation (nucjax.evaluators) runs every `train.eval_every_steps` steps and at the end, the
+same evaluators --mode=evaluate uses; its scalars go to metrics.jsonl and TensorBoard.
 """
 
 from __future__ import annotations
@@ -21,13 +26,13 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from absl import logging
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from nucjax import checkpoint, metrics, models, optim, parallel, reporting
+from nucjax import checkpoint, evaluators, models, optim, outputs, parallel, reporting
+from nucjax import workdir as workdirs
 from nucjax.models.spec import ModelSpec
 
 
@@ -51,14 +56,8 @@ class TrainState(flax.struct.PyTreeNode):
 
 def init_state(spec: ModelSpec, tx, config, mesh) -> TrainState:
     """A fresh state for `spec`, replicated over `mesh`, initialised on a dummy crop."""
-    size = -(-config.data.crop_size // spec.stride) * spec.stride
-    image = jnp.zeros((1, size, size, 3), jnp.float32)
-    label = jnp.zeros((1, size, size), jnp.int32)
     init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
-
-    init = jax.jit(
-        lambda k: spec.module.init({"params": k, "dropout": k}, image, label, train=False)
-    )
+    init = jax.jit(lambda k: spec.init_variables(k, config.data.crop_size))
     variables = spec.prepare_variables(init(init_key))
 
     @jax.jit
@@ -72,6 +71,13 @@ def init_state(spec: ModelSpec, tx, config, mesh) -> TrainState:
         )
 
     return parallel.replicate(make_state(variables), mesh)
+
+
+def make_optimizer(spec: ModelSpec, config, total_steps: int) -> optax.GradientTransformation:
+    """config.optim's optimizer; holds a pretrained backbone fixed for
+    config.model.freeze_backbone_steps when the spec can freeze one."""
+    freeze = config.model.freeze_backbone_steps if spec.frozen is not None else 0
+    return optim.make_optimizer(config.optim, total_steps, spec.frozen, freeze)
 
 
 def _global_ratio(pairs: Mapping[str, tuple], axis: str) -> dict[str, jax.Array]:
@@ -129,18 +135,6 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, mesh):
     return jax.jit(step, donate_argnums=0)
 
 
-def make_eval_step(spec: ModelSpec, mesh):
-    """(state, global batch) -> {name: (sum, count)} pixel metrics over the global batch."""
-    axis = spec.axis_name
-
-    def per_device(state: TrainState, batch):
-        outputs = spec.module.apply(state.variables, batch["image"], train=False)
-        sums = metrics.pixel_sums(spec.foreground(outputs), batch["label"], batch["valid"])
-        return _sums(sums, axis)
-
-    return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(axis)), out_specs=P()))
-
-
 def add_sums(a, b):
     return b if a is None else jax.tree.map(jnp.add, a, b)
 
@@ -149,14 +143,6 @@ def means(sums) -> dict[str, float]:
     """{name: (sum, count)} (device or host) -> {name: sum / count} as Python floats."""
     host = jax.device_get(sums)
     return {k: float(s) / max(float(c), 1e-12) for k, (s, c) in host.items()}
-
-
-def evaluate_pixels(eval_step, state, batches: Iterator, mesh) -> dict[str, float]:
-    """Pixel metrics of `state` over every batch of `batches` (padded batches count exactly)."""
-    total = None
-    for batch in batches:
-        total = add_sums(total, eval_step(state, parallel.shard_batch(batch, mesh)))
-    return means(total) if total is not None else {}
 
 
 def total_steps(config, num_train_examples: int) -> int:
@@ -177,130 +163,135 @@ def _check_finite(step: int, scalars: dict[str, float], ckpt: checkpoint.Checkpo
         )
 
 
+def first_device_variables(state: TrainState) -> dict[str, Any]:
+    """The replicated {"params", "batch_stats"} as arrays on this process's first device (what
+    evaluators and whole-image prediction take), without a copy through the host."""
+    return jax.tree.map(lambda x: x.addressable_shards[0].data, state.variables)
+
+
+def run_evaluators(config, spec: ModelSpec, state, step: int, writer) -> dict[str, dict]:
+    """Every evaluator of evaluators.for_training; writes their scalars, returns them."""
+    results = {}
+    variables = first_device_variables(state)
+    for evaluator in evaluators.for_training(config):
+        scalars = evaluators.scalars(evaluator.run(config, spec, variables))
+        writer.write(step, f"eval_{evaluator.name}", scalars)
+        results[evaluator.name] = scalars
+    shown = {n: {k: round(v, 4) for k, v in r.items() if "/" not in k} for n, r in results.items()}
+    logging.info("step %d evaluation: %s", step, json.dumps(shown))
+    return results
+
+
+class _Run:
+    """What one call of train_and_evaluate sets up: spec, mesh, state, checkpointer, writer."""
+
+    def __init__(self, config, workdir: str):
+        from nucjax import data
+
+        self.spec = models.build(config)
+        self.mesh = parallel.make_mesh()
+        parallel.check_batch_size(config.train.batch_size, self.mesh)
+        self.num_train = data.num_examples(config.data, "train")
+        self.steps = total_steps(config, self.num_train)
+        self.tx = make_optimizer(self.spec, config, self.steps)
+        state = init_state(self.spec, self.tx, config, self.mesh)
+        self.meta = checkpoint.describe(config.model.name, state.params)
+        self.ckpt = checkpoint.Checkpointer(
+            workdirs.checkpoint_dir(workdir),
+            every_steps=config.train.checkpoint_every_steps,
+            keep=config.train.keep_checkpoints,
+        )
+        self.state, restored = self.ckpt.restore(state, self.meta)
+        self.start = int(jax.device_get(self.state.step))
+        if restored is not None:
+            logging.info("resuming from step %d of %d", self.start, self.steps)
+        self.primary = jax.process_index() == 0
+        self.writer = reporting.MetricWriter(workdir, enabled=self.primary)
+        if self.primary:
+            workdirs.save_config(workdir, config)
+
+    def summary(self, config, times: dict[str, float], results: dict) -> dict[str, Any]:
+        return {
+            "model": config.model.name,
+            "steps": self.steps,
+            "resumed_from": self.start,
+            "devices": self.mesh.devices.size,
+            **times,
+            "final_eval": results,
+            "checkpoints": self.ckpt.directory,
+            "metrics": self.writer.path,
+        }
+
+
+def _default_batches(config, start: int) -> Iterator:
+    from nucjax.data import pipeline
+
+    return pipeline.train_batches(
+        config.data,
+        batch_size=config.train.batch_size,
+        seed=config.seed,
+        start_step=start,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+
 def train_and_evaluate(config, workdir: str, batches: Iterator | None = None) -> dict[str, Any]:
     """Train `config` in `workdir`, resuming from its latest checkpoint. Returns the summary.
 
     batches: an iterator of host batches (see nucjax.models.spec) to train on instead of the
     tf.data pipeline; it must start at the state's step (the default pipeline does).
     """
-    from nucjax import data
-    from nucjax.data import pipeline
-
-    spec = models.build(config)
-    mesh = parallel.make_mesh()
-    parallel.check_batch_size(config.train.batch_size, mesh)
-    parallel.check_batch_size(config.train.eval_batch_size, mesh, "config.train.eval_batch_size")
-    num_train = data.num_examples(config.data, "train")
-    steps = total_steps(config, num_train)
-    tx = optim.make_optimizer(
-        config.optim, steps, spec.frozen, config.model.get("freeze_backbone_steps", 0)
-    )
-    state = init_state(spec, tx, config, mesh)
-    meta = checkpoint.describe(config.model.name, state.params)
-    ckpt = checkpoint.Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        every_steps=config.train.checkpoint_every_steps,
-        keep=config.train.keep_checkpoints,
-    )
-    state, restored = ckpt.restore(state, meta)
-    start = int(jax.device_get(state.step))
-    if restored is not None:
-        logging.info("resuming from step %d of %d", start, steps)
-    primary = jax.process_index() == 0
-    writer = reporting.MetricWriter(workdir, enabled=primary)
-    if primary:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-
-    if batches is None:
-        batches = pipeline.train_batches(
-            config.data,
-            batch_size=config.train.batch_size,
-            seed=config.seed,
-            start_step=start,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
-    train_step = make_train_step(spec, tx, mesh)
-    eval_step = make_eval_step(spec, mesh)
-    steps_per_epoch = math.ceil(num_train / config.train.batch_size)
-    eval_every = config.train.eval_every_steps or steps_per_epoch
-
-    def run_eval(step: int) -> dict[str, dict[str, float]]:
-        results = {}
-        for split, limit in (("train", config.train.eval_train_images), ("validation", 0)):
-            it = pipeline.eval_batches(
-                config.data,
-                split,
-                batch_size=config.train.eval_batch_size,
-                process_index=jax.process_index(),
-                process_count=jax.process_count(),
-                max_images=limit,
-            )
-            results[split] = evaluate_pixels(eval_step, state, it, mesh)
-            writer.write(step, f"eval_{split}", results[split])
-        logging.info("step %d evaluation: %s", step, json.dumps(results))
-        return results
-
-    progress = reporting.ProgressBar(steps, initial=start)
-    pending, compile_s, t_start, t_first = None, 0.0, time.perf_counter(), None
-    results: dict[str, Any] = {}
+    run = _Run(config, workdir)
+    batches = batches if batches is not None else _default_batches(config, run.start)
+    train_step = make_train_step(run.spec, run.tx, run.mesh)
+    eval_every = config.train.eval_every_steps or math.ceil(run.num_train / config.train.batch_size)
+    state, ckpt, steps = run.state, run.ckpt, run.steps
+    bar = reporting.progress(steps, "train", "step", initial=run.start)
+    pending, t_start, t_first, results = None, time.perf_counter(), None, {}
     try:
-        for step in range(start + 1, steps + 1):
-            batch = parallel.shard_batch(next(batches), mesh)
-            state, sums = train_step(state, batch)
+        for step in range(run.start + 1, steps + 1):
+            state, sums = train_step(state, parallel.shard_batch(next(batches), run.mesh))
             pending = add_sums(pending, sums)
-            if t_first is None:
+            if t_first is None:  # the first step includes compilation
                 jax.block_until_ready(state.step)
                 t_first = time.perf_counter()
-                compile_s = t_first - t_start
             if step % config.train.log_every_steps == 0 or step == steps or ckpt.due(step):
-                scalars = means(pending)
-                pending = None
+                scalars, pending = means(pending), None
                 _check_finite(step, scalars, ckpt)
-                writer.write(step, "train", scalars)
-                shown = {k: scalars[k] for k in ("loss", "foreground_iou") if k in scalars}
-                progress.update(step, shown)
+                run.writer.write(step, "train", scalars)
+                bar.set_postfix({k: f"{scalars[k]:.4g}" for k in ("loss",) if k in scalars})
+            bar.update(step - bar.n)
             if ckpt.due(step) or step == steps:
-                ckpt.save(step, state, meta)
+                ckpt.save(step, state, run.meta)
             if step % eval_every == 0 or step == steps:
-                results = run_eval(step)
+                results = run_evaluators(config, run.spec, state, step, run.writer)
         jax.block_until_ready(state)
     finally:
         # On any exit, let a checkpoint being written finish: nothing half-written survives.
+        bar.close()
         ckpt.wait()
         ckpt.close()
-        writer.close()
+        run.writer.close()
     t_end = time.perf_counter()
-    summary = {
-        "model": config.model.name,
-        "steps": steps,
-        "resumed_from": start,
-        "devices": mesh.devices.size,
+    times = {
         "wall_clock_s": t_end - t_start,
-        "compile_and_first_step_s": compile_s,
+        "compile_and_first_step_s": (t_first - t_start) if t_first else 0.0,
         "train_s_excluding_compile": (t_end - t_first) if t_first else 0.0,
-        "final_eval": results,
-        "checkpoints": ckpt.directory,
-        "metrics": writer.path,
     }
-    if primary:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+    summary = run.summary(config, times, results)
+    if run.primary:
+        outputs.write_text(
+            os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2) + "\n"
+        )
     return summary
-
-
-def numpy_params(state: TrainState):
-    """The parameters as host numpy arrays (for comparisons and export)."""
-    return jax.tree.map(np.asarray, jax.device_get(state.params))
 
 
 __all__ = [
     "TrainState",
-    "evaluate_pixels",
     "init_state",
-    "make_eval_step",
+    "make_optimizer",
     "make_train_step",
+    "run_evaluators",
     "train_and_evaluate",
 ]

@@ -11,7 +11,9 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import pytest  # noqa: E402
 
-import nucjax  # noqa: E402,F401  (sets the CPU convolution flag before jax starts)
+import nucjax.runtime  # noqa: E402
+
+nucjax.runtime.configure()  # what nucjax.main does: CPU convolution flag, rbg PRNG
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

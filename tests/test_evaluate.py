@@ -1,4 +1,5 @@
-"""evaluate: whole images of a split -> every metric, as JSON and a markdown table."""
+"""Evaluation: whole images of a split -> every metric, per modality, as JSON and markdown;
+and the trainer's evaluation and --mode=evaluate are one code path with identical numbers."""
 
 import json
 import math
@@ -6,72 +7,90 @@ import math
 import numpy as np
 import pytest
 
-from nucjax import data, evaluate, metrics
-from tests.test_inference import threshold_workdir
+from configs import simple_cnn
+from nucjax import data, evaluate, evaluators, metrics, train, whole_image, workdir
+from nucjax.data.images import network_input
+from tests.trained import threshold_workdir
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def threshold(tmp_path_factory):
     path = tmp_path_factory.mktemp("threshold")
     return threshold_workdir(path), str(path)
 
 
-def test_evaluate_writes_json_and_markdown(workdir):
-    config, path = workdir
-    report = evaluate.evaluate(config, path)
+def test_evaluate_writes_json_and_markdown(threshold):
+    config, path = threshold
+    report = evaluate.evaluate(None, path)  # the workdir's saved config
     m = report["metrics"]
     assert report["split"] == "validation" and report["step"] == 7
     assert report["json"].endswith("eval/validation_step7.json")
     assert m["num_images"] == len(report["images"]) == config.data.synthetic_num_images
-    # The hand-set model finds the synthetic nuclei: a clearly non-zero, finite score.
-    assert math.isfinite(m["dsb_score"]) and 0.05 < m["dsb_score"] <= 1.0
     for key, _, _ in evaluate.DEFINITIONS:
         assert math.isfinite(m[key]), key
     saved = json.load(open(report["json"]))
     assert saved["metrics"]["dsb_score"] == m["dsb_score"]
     row = saved["images"][0]
-    assert {"id", "height", "width", "dsb_score", "n_true", "n_pred", "predict_s"} <= set(row)
+    assert {"id", "modality", "height", "width", "dsb_score", "n_true", "predict_s"} <= set(row)
+    assert sum(v["num_images"] for v in saved["by_modality"].values()) == m["num_images"]
     table = open(report["markdown"]).read()
     assert f"| {m['dsb_score']:.4f} |" in table
-    assert "Keras-starter mean IoU" in table and "foreground IoU" in table
-    assert "step 7" in table
+    assert "Keras-starter mean IoU" in table and "By modality" in table and "step 7" in table
     for key, _, definition in evaluate.DEFINITIONS:
         assert "|" not in definition, key  # a "|" would split the markdown cell
 
 
-def test_evaluate_scores_what_it_predicted(workdir):
-    """The JSON's per-image scores equal metrics on the labels of the same split."""
-    config, path = workdir
-    report = evaluate.evaluate(config, path, split="train")
-    examples = list(evaluate.labelled_examples(config, "train"))
-    assert [r["id"] for r in report["images"]] == [i for i, _, _ in examples]
-    assert [r["n_true"] for r in report["images"]] == [int(lab.max()) for _, _, lab in examples]
-    assert report["metrics"]["true_nuclei"] == sum(int(lab.max()) for _, _, lab in examples)
+def test_evaluate_scores_what_the_model_predicts(threshold):
+    """Every per-image and set score equals the metrics of predictions made here, image by
+    image, on the same split; modality subsets average their own images."""
+    config, path = threshold
+    report = evaluate.evaluate(None, path, split="train")
+    model = workdir.load(path)
+    scores, modalities = [], []
+    for image_id, image, label, modality in evaluators.labelled_images(config.data, "train"):
+        p = whole_image.segment_image(
+            model.spec, model.variables, network_input(image, "rgb"), tile_size=64, overlap=16
+        )
+        scores.append(metrics.dsb_image_score(label, p.instances.label))
+        modalities.append(modality)
+        row = report["images"][len(scores) - 1]
+        assert row["id"] == image_id and row["n_true"] == int(label.max())
+    assert [r["dsb_score"] for r in report["images"]] == pytest.approx(scores, abs=1e-12)
+    assert report["metrics"]["dsb_score"] == pytest.approx(np.mean(scores), abs=1e-12)
+    assert 0.05 < np.mean(scores)  # real matches, so the equalities above compare something
+    for modality, values in report["by_modality"].items():
+        mine = [s for s, m in zip(scores, modalities, strict=True) if m == modality]
+        assert values["dsb_score"] == pytest.approx(np.mean(mine), abs=1e-12)
     assert report["markdown"].endswith("train_step7.md")
 
 
-def test_unlabelled_split_is_a_clear_error(workdir, monkeypatch):
-    config, path = workdir
+def test_trainer_and_evaluate_mode_give_identical_numbers(tmp_path):
+    config = simple_cnn.get_config("tiny")
+    config.eval.max_images = 0  # the trainer scores the whole split, as evaluate mode does
+    train.train_and_evaluate(config, str(tmp_path))
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    during = [r for r in rows if r["split"] == "eval_validation"][-1]
+    assert during["step"] == 2 and [r["split"] for r in rows].count("eval_train") >= 1
+    report = evaluate.evaluate(None, str(tmp_path))
+    after = evaluators.scalars(report)
+    assert {k for k in after if "/" in k}  # per-modality scalars are logged too
+    assert {k: during[k] for k in after} == after  # bit for bit: one code path
+
+
+def test_unlabelled_split_is_a_clear_error(threshold, monkeypatch):
+    config, path = threshold
 
     class Unlabelled:
         def as_numpy_iterator(self):
-            yield {"id": b"abc", "image": np.zeros((8, 8, 3), np.uint8), "label": -np.ones((8, 8))}
+            yield {
+                "id": b"abc",
+                "image": np.zeros((8, 8, 3), np.uint8),
+                "label": -np.ones((8, 8)),
+                "modality": 0,
+            }
 
     monkeypatch.setattr(data, "raw_dataset", lambda *a: Unlabelled())
     with pytest.raises(ValueError, match="split 'test' has no labels .*abc.*split:test"):
-        evaluate.evaluate(config, path, split="test")
+        evaluate.evaluate(None, path, split="test")
     with pytest.raises(ValueError, match="unknown split 'tset'"):
-        evaluate.evaluate(config, path, split="tset")
-
-
-def test_map_pixel_counts_match_the_trainer_metric():
-    rng = np.random.default_rng(0)
-    prob = rng.random((2, 9, 7)).astype(np.float32)
-    label = rng.integers(-1, 3, (2, 9, 7)).astype(np.int32)
-    sums = metrics.pixel_sums(prob, label, np.ones(2, np.float32))
-    counts = [evaluate.map_pixel_counts(p, lab) for p, lab in zip(prob, label, strict=True)]
-    total = {k: sum(c[k] for c in counts) for k in counts[0]}
-    assert total["map_intersection"] == float(sums["foreground_iou"][0])
-    assert total["map_union"] == float(sums["foreground_iou"][1])
-    assert total["map_correct"] == float(sums["pixel_accuracy"][0])
-    assert total["map_pixels"] == float(sums["pixel_accuracy"][1])
+        evaluate.evaluate(None, path, split="tset")

@@ -12,12 +12,11 @@ import tifffile
 from PIL import Image
 
 from configs import unet
-from nucjax import checkpoint, inference, predict
+from nucjax import predict, whole_image, workdir
 from nucjax.data import rle, synthetic
-from nucjax.data.images import to_rgb
-from nucjax.data.pipeline import normalize_image
+from nucjax.data.images import network_input, to_rgb
 from tests.conftest import REPO
-from tests.test_inference import threshold_workdir
+from tests.trained import threshold_workdir
 
 GOOD = ("grey", "colour", "rgba", "deep", "planar", "flat")
 BAD = ("text", "dot", "stack")
@@ -52,22 +51,20 @@ def write_inputs(folder):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
-    config = threshold_workdir(root / "workdir")
+    threshold_workdir(root / "workdir")
     write_inputs(str(root / "in"))
     out = str(root / "out")
-    summary = predict.predict_folder(
-        config, str(root / "workdir"), [str(root / "in")], out, figure_images=["deep", "nope"]
-    )
-    return config, root, out, summary
+    model = workdir.load(str(root / "workdir"))
+    summary = predict.predict_folder(model, [str(root / "in")], out, figure_images=["deep", "nope"])
+    return model, root, out, summary
 
 
-def _expected(config, root, name):
+def _expected(model, root, name):
     """The label the model gives for an input file, computed here from its pixels."""
-    spec, variables, _ = inference.load_model(config, str(root / "workdir"))
-    image = normalize_image(to_rgb(predict.read_image(str(root / "in" / name))))
-    ev = config.eval
-    return inference.segment_image(
-        spec, variables, image, tile_size=ev.tile_size, overlap=ev.tile_overlap
+    image = network_input(to_rgb(predict.read_image(str(root / "in" / name))), "rgb")
+    ev = model.config.eval
+    return whole_image.segment_image(
+        model.spec, model.variables, image, tile_size=ev.tile_size, overlap=ev.tile_overlap
     )
 
 
@@ -86,7 +83,7 @@ def test_summary_counts_processed_and_skipped(run):
 
 
 def test_outputs_of_every_good_image(run):
-    config, root, out, summary = run
+    model, root, out, summary = run
     for item in summary["images"]:
         stem, h, w = item["image_id"], item["height"], item["width"]
         label = tifffile.imread(os.path.join(out, f"{stem}_labels.tif"))
@@ -106,7 +103,7 @@ def test_outputs_of_every_good_image(run):
 
 
 def test_label_tiff_round_trips_and_submission_decodes(run):
-    config, root, out, summary = run
+    model, root, out, summary = run
     with open(os.path.join(out, "submission.csv")) as f:
         rows = list(csv.DictReader(f))
     assert set(rows[0]) == {"ImageId", "EncodedPixels"}
@@ -116,7 +113,7 @@ def test_label_tiff_round_trips_and_submission_decodes(run):
     assert list(by_id) == sorted(GOOD)
     assert by_id["flat"] == [""]  # no nuclei: one empty row, as Kaggle expected
     for name, stem in (("deep.tif", "deep"), ("planar.tiff", "planar"), ("grey.png", "grey")):
-        p = _expected(config, root, name)
+        p = _expected(model, root, name)
         label = tifffile.imread(os.path.join(out, f"{stem}_labels.tif"))
         np.testing.assert_array_equal(label, p.instances.label)
         decoded = rle.labels_from_rle(by_id[stem], label.shape)
@@ -141,36 +138,30 @@ def test_figure_is_written(run):
 
 
 def test_clear_errors(tmp_path, run):
-    config, root, _, _ = run
-    workdir = str(root / "workdir")
+    model, root, _, _ = run
     os.makedirs(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="holds no images"):
-        predict.predict_folder(config, workdir, [str(tmp_path / "empty")], str(tmp_path / "o"))
+        predict.predict_folder(model, [str(tmp_path / "empty")], str(tmp_path / "o"))
     with pytest.raises(FileNotFoundError, match="missing.png does not exist"):
-        predict.predict_folder(config, workdir, [str(tmp_path / "missing.png")], str(tmp_path))
-    with pytest.raises(checkpoint.IncompatibleCheckpointError, match="'simple_cnn' model"):
-        predict.predict_folder(
-            unet.get_config("tiny"), workdir, [str(root / "in")], str(tmp_path / "o")
-        )
+        predict.predict_folder(model, [str(tmp_path / "missing.png")], str(tmp_path))
+    with pytest.raises(workdir.ConfigMismatchError, match="model.name: 'simple_cnn' vs 'unet'"):
+        workdir.load(str(root / "workdir"), unet.get_config("tiny"))
     assert not os.path.exists(tmp_path / "o" / "submission.csv")
 
 
 def test_duplicate_stems_are_skipped(tmp_path, run):
-    config, root, _, _ = run
+    model, root, _, _ = run
     image = _nuclei((32, 32), 5)
     Image.fromarray(image).save(tmp_path / "a.png")
     tifffile.imwrite(tmp_path / "a.tif", image)
-    summary = predict.predict_folder(
-        config, str(root / "workdir"), [str(tmp_path)], str(tmp_path / "o")
-    )
+    summary = predict.predict_folder(model, [str(tmp_path)], str(tmp_path / "o"))
     assert summary["processed"] == 1 and "would overwrite" in summary["skipped_files"][0]["reason"]
 
 
 def test_predict_split_writes_a_submission(tmp_path, run):
-    config, root, _, _ = run
-    summary = predict.predict_split(
-        config, str(root / "workdir"), "validation", str(tmp_path), image_outputs=False
-    )
+    model, root, _, _ = run
+    summary = predict.predict_split(model, "validation", str(tmp_path), image_outputs=False)
+    config = model.config
     assert summary["processed"] == config.data.synthetic_num_images
     with open(summary["submission"]) as f:
         ids = {r["ImageId"] for r in csv.DictReader(f)}
@@ -182,7 +173,6 @@ def test_command_line(tmp_path, run):
     _, root, _, _ = run
     cmd = [
         sys.executable, "-m", "nucjax.main", "--mode=predict",
-        "--config=configs/simple_cnn.py:tiny", "--config.model.target=binary",
         f"--workdir={root / 'workdir'}", f"--input={root / 'in' / 'grey.png'}",
         f"--output={tmp_path}", "--figure_image=grey.png",
     ]  # fmt: skip

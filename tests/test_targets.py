@@ -3,8 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
-from absl import logging
 
 from nucjax import targets
 
@@ -103,57 +101,3 @@ def test_gap_needs_two_different_nuclei():
 
 
 # Ids 42, 3 and 7 (7 in two pieces), non-contiguous, with an unlabelled corner.
-INSTANCES = np.array(
-    [
-        [42, 42, 0, 0, 0, 0],
-        [42, 42, 0, 7, 7, 0],
-        [0, 0, 0, 0, 0, 0],
-        [3, 0, 0, 0, 0, 0],
-        [3, 0, 0, 0, 7, -1],
-    ],
-    np.int32,
-)
-
-
-def _check_instances(got, label, ids, num_slots):
-    boxes = {3: [3, 0, 5, 1], 7: [1, 3, 5, 5], 42: [0, 0, 2, 2]}
-    expected_boxes = np.zeros((num_slots, 4), np.float32)
-    for slot, i in enumerate(ids):
-        expected_boxes[slot] = boxes[i]
-        np.testing.assert_array_equal(got["masks"][slot], label == i)
-    np.testing.assert_array_equal(got["boxes"], expected_boxes)
-    np.testing.assert_array_equal(got["valid"], np.arange(num_slots) < len(ids))
-    assert not np.asarray(got["masks"][len(ids) :]).any()
-
-
-def test_padded_instances_sorted_by_id_and_padded():
-    got = targets.padded_instances(INSTANCES, max_instances=5)
-    assert got["boxes"].dtype == jnp.float32 and got["masks"].shape == (5, 5, 6)
-    _check_instances(got, INSTANCES, [3, 7, 42], 5)
-    assert int(got["num_instances"]) == 3 and int(got["num_truncated"]) == 0
-
-
-def test_padded_instances_truncates_and_counts():
-    got = jax.jit(targets.padded_instances, static_argnums=1)(INSTANCES, 2)
-    _check_instances(got, INSTANCES, [3, 7], 2)
-    assert int(got["num_instances"]) == 3 and int(got["num_truncated"]) == 1
-
-
-def test_padded_instances_vmap_empty_and_full():
-    empty = np.where(INSTANCES < 0, -1, 0).astype(np.int32)
-    full = np.full_like(INSTANCES, 9)  # one nucleus covering the whole crop, no background
-    batch = jnp.asarray(np.stack([INSTANCES, empty, full]))
-    got = jax.jit(jax.vmap(lambda x: targets.padded_instances(x, 3)))(batch)
-    assert got["boxes"].shape == (3, 3, 4) and got["masks"].shape == (3, 3, 5, 6)
-    np.testing.assert_array_equal(got["num_instances"], [3, 0, 1])
-    np.testing.assert_array_equal(got["valid"], [[1, 1, 1], [0, 0, 0], [1, 0, 0]])
-    np.testing.assert_array_equal(got["boxes"][2], [[0, 0, 5, 6], [0, 0, 0, 0], [0, 0, 0, 0]])
-    _check_instances(jax.tree.map(lambda x: x[0], got), INSTANCES, [3, 7, 42], 3)
-
-
-@pytest.mark.parametrize("counts, total", [(0, 0), (np.array([0, 2, 1]), 3)])
-def test_log_truncation(counts, total, monkeypatch):
-    warnings = []
-    monkeypatch.setattr(logging, "warning", lambda *args: warnings.append(args))
-    assert targets.log_truncation(counts, where="step 5") == total
-    assert len(warnings) == (1 if total else 0)

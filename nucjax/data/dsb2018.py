@@ -26,7 +26,6 @@ from collections import Counter
 from collections.abc import Mapping
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
@@ -42,11 +41,9 @@ from nucjax.data.dsb2018_readers import (
     stored_images,
 )
 from nucjax.data.images import MODALITIES, modality_of, to_rgb
+from nucjax.runtime import import_tensorflow
 
-try:  # Hide GPUs from TensorFlow, or it reserves memory that JAX needs.
-    tf.config.set_visible_devices([], "GPU")
-except (RuntimeError, ValueError):
-    pass
+tf = import_tensorflow()
 
 SPLITS = ("train", "validation", "test")
 LOG_EVERY = 100

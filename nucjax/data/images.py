@@ -18,6 +18,7 @@ MODALITIES = ("fluorescence", "brightfield", "histology")
 #                  channels: every modality becomes bright nuclei on a dark background, as in
 #                  fluorescence (546 of the 670 training images).
 INPUT_VIEWS = ("rgb", "grey_inverted")
+MIN_STD = 1.0  # grey levels; the normalisation's floor on the standard deviation
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
@@ -53,6 +54,18 @@ def input_view(rgb: np.ndarray, view: str) -> np.ndarray:
     if np.median(grey) > 127:
         grey = 255 - grey
     return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def normalize_image(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 (or any real) -> (H, W, 3) float32: (x - mean) / max(std, MIN_STD)."""
+    x = np.asarray(image, np.float64)
+    return ((x - x.mean()) / max(x.std(), MIN_STD)).astype(np.float32)
+
+
+def network_input(rgb: np.ndarray, view: str) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W, 3) float32 as every network takes it: input_view, then
+    normalize_image. The training pipeline does the same per crop (nucjax.data.pipeline)."""
+    return normalize_image(input_view(rgb, view))
 
 
 def _hue_degrees(rgb: np.ndarray) -> np.ndarray:

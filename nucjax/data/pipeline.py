@@ -1,4 +1,4 @@
-"""Host input pipeline: normalised, augmented training crops and whole-image evaluation tiles.
+"""Host input pipeline (tf.data): normalised, augmented training crops.
 
 Batches follow the host batch contract of nucjax.models.spec: image (B, S, S, 3) float32
 normalised per image, label (B, S, S) int32 with -1 = not labelled, valid (B,) float32.
@@ -13,56 +13,24 @@ so batch k (elements k*b .. k*b+b-1) is the same whether iteration started at 0 
 and starting at step k costs nothing: the stream simply begins at element k*b.
 
 Normalisation is per image, (x - mean) / max(std, 1), mean and std over all pixels and
-channels of the whole image. DSB 2018 mixes dim fluorescence, bright brightfield and stained
-histology; standardising each image puts them on one scale, and mean/std (unlike percentiles)
-is cheap and exactly the same in numpy (predict, no TensorFlow) and TensorFlow (training). The
-floor of one grey level keeps flat images from turning quantisation noise into signal. Because
-it is affine per image, applying the whole image's statistics to a crop equals normalising the
+channels of the whole image, after images.input_view: the same rule (images.normalize_image)
+as evaluation and predict, with the statistics computed once per image in numpy. Because it is
+affine per image, applying the whole image's statistics to a crop equals normalising the
 whole image and then cropping; padding is 0 after normalisation.
 
-TensorFlow is imported only when a tf.data function runs: normalize_image works without it.
-To bring a stored image to (H, W, 3) uint8 first, use nucjax.data.images.to_rgb.
+TensorFlow is imported only when a tf.data function runs. normalize_image and input_view live
+in nucjax.data.images (numpy only), shared with evaluation and predict.
 """
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from nucjax.data import raw_dataset
-from nucjax.data.images import input_view
-
-MIN_STD = 1.0  # grey levels; the normalisation's floor on the standard deviation
-
-
-@functools.cache
-def _tf():
-    import tensorflow as tf
-
-    try:  # Hide GPUs from TensorFlow, or it reserves memory that JAX needs.
-        tf.config.set_visible_devices([], "GPU")
-    except (RuntimeError, ValueError):  # devices already initialised
-        pass
-    return tf
-
+from nucjax.data.images import MIN_STD, input_view
+from nucjax.runtime import import_tensorflow
 
 # ----------------------------------------------------------------------------- images
-
-
-def normalize_image(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 (or any real) -> (H, W, 3) float32: (x - mean) / max(std, MIN_STD)."""
-    x = np.asarray(image, np.float64)
-    return ((x - x.mean()) / max(x.std(), MIN_STD)).astype(np.float32)
-
-
-def normalize_image_tf(image):
-    """TensorFlow twin of normalize_image: (H, W, 3) -> (H, W, 3) float32."""
-    tf = _tf()
-    x = tf.cast(image, tf.float64)
-    mean = tf.reduce_mean(x)
-    std = tf.sqrt(tf.reduce_mean(tf.square(x - mean)))
-    return tf.cast((x - mean) / tf.maximum(std, MIN_STD), tf.float32)
 
 
 # ----------------------------------------------------------------------------- training
@@ -107,7 +75,7 @@ def _uniform(tf, key, low=0.0, high=1.0):
 
 def _train_example_fn(store, data_config, seed: int, process_index: int):
     """element index e (int64) -> one augmented example; see the module docstring."""
-    tf = _tf()
+    tf = import_tensorflow()
     store = {k: tf.constant(v) for k, v in store.items()}
     num_images = int(store["height"].shape[0])
     size = int(data_config.crop_size)
@@ -192,7 +160,7 @@ def train_batches(
     1 +- scale_jitter when set; labels resized nearest), images smaller than the window padded
     with image 0 and label -1; then flips, rot90 and intensity jitter as configured.
     """
-    tf = _tf()
+    tf = import_tensorflow()
     local = _local_batch_size(batch_size, process_count)
     store = _decode_shard(data_config, "train", process_index, process_count)
     example = _train_example_fn(store, data_config, int(seed), int(process_index))
@@ -205,103 +173,4 @@ def train_batches(
     return ds.as_numpy_iterator()
 
 
-# ----------------------------------------------------------------------------- evaluation
-
-
-def tile_image(image: np.ndarray, label: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cut a whole image into non-overlapping tile x tile pieces, row by row.
-
-    image (H, W, C), label (H, W) -> (n, tile, tile, C) and (n, tile, tile), n =
-    ceil(H / tile) * ceil(W / tile). Past the image's edge, image is 0 and label -1, so every
-    pixel lands in exactly one tile.
-    """
-    h, w = label.shape
-    nh, nw = -(-h // tile), -(-w // tile)
-    pad = ((0, nh * tile - h), (0, nw * tile - w))
-    image = np.pad(image, pad + ((0, 0),))
-    label = np.pad(label, pad, constant_values=-1)
-    image = image.reshape(nh, tile, nw, tile, -1).transpose(0, 2, 1, 3, 4)
-    label = label.reshape(nh, tile, nw, tile).transpose(0, 2, 1, 3)
-    return image.reshape(nh * nw, tile, tile, -1), label.reshape(nh * nw, tile, tile)
-
-
-def _padding_batch(batch_size: int, tile: int) -> dict[str, np.ndarray]:
-    return {
-        "image": np.zeros((batch_size, tile, tile, 3), np.float32),
-        "label": np.full((batch_size, tile, tile), -1, np.int32),
-        "valid": np.zeros(batch_size, np.float32),
-    }
-
-
-def eval_batches(
-    data_config,
-    split: str,
-    *,
-    batch_size: int,
-    process_index: int = 0,
-    process_count: int = 1,
-    max_images: int = 0,
-):
-    """Every image of a split, whole, as fixed-shape batches of T x T tiles (numpy dicts).
-
-    Yields {image (b, T, T, 3) float32, label (b, T, T) int32, valid (b,) float32},
-    b = batch_size // process_count, T = data_config.eval_tile_size. Images are normalised
-    whole, then tiled (tile_image); process p takes images p, p + P, ... The last batch is
-    filled with all-padding examples (valid 0, label -1), and every process yields the same
-    number of batches (processes with fewer tiles add all-padding batches), so multi-host
-    evaluation steps stay in lockstep and one compilation serves all. Finite. max_images > 0
-    keeps only the split's first max_images images (before the split between processes).
-
-    Every process reads the whole split once per call, to count the others' tiles.
-    """
-    local = _local_batch_size(batch_size, process_count)
-    tile = int(data_config.eval_tile_size)
-    tf = _tf()
-    tiles_per_process = [0] * process_count
-    pending: list[tuple[np.ndarray, np.ndarray]] = []
-    buffered, yielded = 0, 0
-    ds = raw_dataset(data_config, split)
-    if max_images > 0:
-        ds = ds.take(max_images)
-    ds = ds.prefetch(tf.data.AUTOTUNE)
-    for index, example in enumerate(ds.as_numpy_iterator()):
-        label = np.asarray(example["label"], np.int32)
-        owner = index % process_count
-        tiles_per_process[owner] += -(-label.shape[0] // tile) * -(-label.shape[1] // tile)
-        if owner != process_index:
-            continue
-        image = normalize_image(input_view(example["image"], data_config.input_view))
-        image, label = tile_image(image, label, tile)
-        pending.append((image, label))
-        buffered += len(label)
-        while buffered >= local:
-            batch, pending, buffered = _take(pending, local)
-            yield batch
-            yielded += 1
-    if buffered:
-        batch, pending, buffered = _take(pending, buffered)
-        padded = _padding_batch(local, tile)
-        for key, value in batch.items():
-            padded[key][: len(value)] = value
-        yield padded
-        yielded += 1
-    for _ in range(yielded, max(-(-n // local) for n in tiles_per_process)):
-        yield _padding_batch(local, tile)
-
-
-def _take(pending, count):
-    """The first `count` tiles of the pending (image, label) chunks as a batch, and the rest."""
-    image = np.concatenate([i for i, _ in pending])
-    label = np.concatenate([lab for _, lab in pending])
-    batch = {"image": image[:count], "label": label[:count], "valid": np.ones(count, np.float32)}
-    rest = [(image[count:], label[count:])] if len(label) > count else []
-    return batch, rest, len(label) - count
-
-
-__all__ = [
-    "eval_batches",
-    "normalize_image",
-    "normalize_image_tf",
-    "tile_image",
-    "train_batches",
-]
+__all__ = ["train_batches"]

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 SumCount = tuple[jax.Array, jax.Array]
@@ -71,3 +72,12 @@ class ModelSpec:
     prepare_variables: Callable[[dict], dict] = dataclasses.field(default=lambda v: v)
     frozen: Callable[[Any], Any] | None = None
     tileable: bool = True
+
+    def init_variables(self, key: jax.Array, size: int) -> dict[str, Any]:
+        """Fresh variables {"params", "batch_stats"?} from a dummy (1, S, S) image and label,
+        S = size rounded up to the stride. Jit or eval_shape it: run eagerly it compiles every
+        initializer separately."""
+        size = -(-int(size) // self.stride) * self.stride
+        image = jnp.zeros((1, size, size, 3), jnp.float32)
+        label = jnp.zeros((1, size, size), jnp.int32)
+        return self.module.init({"params": key, "dropout": key}, image, label, train=False)

@@ -71,3 +71,17 @@ def test_input_view_grey_inverted_by_background():
     assert images.input_view(bright, "rgb") is bright
     with pytest.raises(ValueError, match="input_view='hsv'"):
         images.input_view(bright, "hsv")
+
+
+def test_normalize_image():
+    rng = np.random.default_rng(0)
+    flat = images.normalize_image(np.full((5, 6, 3), 7, np.uint8))
+    np.testing.assert_array_equal(flat, 0.0)  # the floor on std keeps it finite
+    sparse = (rng.random((9, 8, 3)) < 0.01).astype(np.uint8) * 200
+    x = sparse.astype(np.float64)
+    want = (x - x.mean()) / max(x.std(), 1.0)
+    np.testing.assert_allclose(images.normalize_image(sparse), want, atol=1e-6)
+    image = rng.integers(0, 256, (17, 23, 3), dtype=np.uint8)
+    got = images.normalize_image(image)
+    assert abs(got.mean()) < 1e-5 and abs(got.std() - 1) < 1e-5
+    np.testing.assert_array_equal(images.normalize_image(np.full((2, 2, 3), 9)), 0.0)

@@ -5,7 +5,7 @@ import pytest
 
 from configs.common import get_config
 from nucjax import data
-from nucjax.data import pipeline
+from nucjax.data import images, pipeline
 
 
 def _config(**overrides):
@@ -14,7 +14,6 @@ def _config(**overrides):
     config.synthetic_num_images = 3
     config.synthetic_size = 40
     config.crop_size = 32
-    config.eval_tile_size = 16
     config.update(overrides)
     return config
 
@@ -25,38 +24,6 @@ def _raw(config, split):
 
 def _take(iterator, n):
     return [next(iterator) for _ in range(n)]
-
-
-# ----------------------------------------------------------------------------- images
-
-
-def test_normalize_numpy_matches_tensorflow():
-    rng = np.random.default_rng(0)
-    for image in (
-        rng.integers(0, 256, (17, 23, 3), dtype=np.uint8),
-        np.full((5, 6, 3), 7, np.uint8),  # flat: the floor on std keeps it finite
-        (rng.random((9, 8, 3)) < 0.01).astype(np.uint8) * 200,
-    ):
-        want = pipeline.normalize_image(image)
-        np.testing.assert_allclose(pipeline.normalize_image_tf(image).numpy(), want, atol=1e-5)
-        assert want.dtype == np.float32 and np.isfinite(want).all()
-    image = rng.integers(0, 256, (17, 23, 3), dtype=np.uint8)
-    got = pipeline.normalize_image(image)
-    assert abs(got.mean()) < 1e-5 and abs(got.std() - 1) < 1e-5
-    np.testing.assert_array_equal(pipeline.normalize_image(np.full((2, 2, 3), 9)), 0.0)
-
-
-def test_tile_image_covers_every_pixel_once():
-    label = np.arange(5 * 7, dtype=np.int32).reshape(5, 7)
-    image = np.ones((5, 7, 3), np.float32)
-    tiles, labels = pipeline.tile_image(image, label, 4)
-    assert tiles.shape == (4, 4, 4, 3) and labels.shape == (4, 4, 4)
-    np.testing.assert_array_equal(np.sort(labels[labels >= 0]), np.arange(35))
-    np.testing.assert_array_equal(labels[1, :, :3], label[:4, 4:])  # row by row
-    assert tiles.sum() == 35 * 3  # padding is 0
-
-
-# ----------------------------------------------------------------------------- training
 
 
 def test_train_batch_shapes_and_dtypes():
@@ -82,15 +49,19 @@ def test_resume_is_exact():
     assert far["image"].shape == (2, 32, 32, 3)
 
 
-def test_each_epoch_shows_every_image_once():
-    # Crop = image size and no augmentation: each example is one whole normalised image.
-    config = _config(synthetic_num_images=4, crop_size=40, flips=False, rot90=False)
-    images = [pipeline.normalize_image(e["image"]) for e in _raw(config, "train")]
+@pytest.mark.parametrize("view", ["rgb", "grey_inverted"])
+def test_each_epoch_shows_every_image_once(view):
+    """Crop = image size and no augmentation: each example is one whole image exactly as
+    evaluation and predict give it to the network (images.network_input)."""
+    config = _config(
+        synthetic_num_images=4, crop_size=40, flips=False, rot90=False, input_view=view
+    )
+    wholes = [images.network_input(e["image"], view) for e in _raw(config, "train")]
     batches = _take(pipeline.train_batches(config, batch_size=2, seed=1), 6)
     shown = np.concatenate([b["image"] for b in batches])
 
     def which(x):
-        (match,) = [i for i, image in enumerate(images) if np.allclose(x, image, atol=1e-5)]
+        (match,) = [i for i, image in enumerate(wholes) if np.allclose(x, image, atol=1e-5)]
         return match
 
     order = [which(x) for x in shown]
@@ -101,7 +72,7 @@ def test_each_epoch_shows_every_image_once():
 def test_small_images_are_padded_with_unlabelled():
     config = _config(synthetic_num_images=1, crop_size=48, flips=False, rot90=False)
     (raw,) = _raw(config, "train")
-    whole = pipeline.normalize_image(raw["image"])
+    whole = images.network_input(raw["image"], "rgb")
     for batch in _take(pipeline.train_batches(config, batch_size=2, seed=0), 2):
         for image, label in zip(batch["image"], batch["label"], strict=True):
             assert (label >= 0).sum() == 40 * 40
@@ -141,43 +112,6 @@ def test_processes_split_the_batch_and_the_images():
 # ----------------------------------------------------------------------------- evaluation
 
 
-def test_eval_tiles_count_every_labelled_pixel_once():
-    config = _config()  # 3 images of 40 x 40, tiles of 16: 3 x 3 tiles each, 27 in all
-    batches = list(pipeline.eval_batches(config, "validation", batch_size=4))
-    assert len(batches) == 7
-    for batch in batches:
-        assert batch["image"].shape == (4, 16, 16, 3) and batch["label"].dtype == np.int32
-    np.testing.assert_array_equal(batches[-1]["valid"], [1, 1, 1, 0])
-    np.testing.assert_array_equal(batches[-1]["label"][3], -1)
-    np.testing.assert_array_equal(batches[-1]["image"][3], 0.0)
-    labels = np.concatenate([b["label"] for b in batches])
-    assert (labels >= 0).sum() == 3 * 40 * 40
-    raw = _raw(config, "validation")
-    counts = np.bincount(np.concatenate([e["label"].ravel() for e in raw]))
-    np.testing.assert_array_equal(np.bincount(labels[labels >= 0]), counts)
-    first = pipeline.normalize_image(raw[0]["image"])  # normalised whole, then tiled
-    np.testing.assert_allclose(batches[0]["image"][1], first[:16, 16:32], atol=1e-5)
-
-
-def test_eval_processes_yield_equally_many_batches():
-    config = _config()
-    per_process = [
-        list(pipeline.eval_batches(config, "test", batch_size=4, process_index=p, process_count=2))
-        for p in (0, 1)
-    ]
-    # process 0 has images 0 and 2 (18 tiles, 9 batches of 2), process 1 image 1 (9 tiles)
-    assert [len(b) for b in per_process] == [9, 9]
-    assert [sum(b["valid"].sum() for b in batches) for batches in per_process] == [18, 9]
-    labelled = sum((b["label"] >= 0).sum() for batches in per_process for b in batches)
-    assert labelled == 3 * 40 * 40
-    first_two = list(pipeline.eval_batches(config, "test", batch_size=4, max_images=2))
-    assert len(first_two) == 5 and sum(b["valid"].sum() for b in first_two) == 18
-
-
-# ----------------------------------------------------------------------------- real data
-
-
-@pytest.mark.real_data
 def test_real_train_batches(dsb_data_dir, dsb_source):
     config = get_config().data
     config.data_dir = str(dsb_data_dir)

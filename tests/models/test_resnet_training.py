@@ -21,10 +21,10 @@ def _pretrained_backbone(config, path) -> dict:
 
 
 def _restored(config, workdir):
-    from nucjax import inference
+    from tests.trained import state_template
 
     spec = models.build(config)
-    template = inference.state_template(spec, config)
+    template = state_template(spec, config)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1, keep=3)
     state, step = ckpt.restore(template, checkpoint.describe(config.model.name, template.params))
     return step, jax.device_get(state.params)

@@ -1,9 +1,8 @@
-"""From a trained workdir to per-pixel outputs and nuclei of whole images of any size.
+"""Whole images of any size through a model: tiling, stitching, foreground and nuclei.
 
-  spec, variables, step = load_model(config, workdir)
-  outputs = predict_image(spec, variables, normalize_image(rgb), tile_size=512, overlap=64)
-  prediction = segment_image(spec, variables, normalize_image(rgb), tile_size=512, overlap=64)
+  prediction = segment_image(spec, variables, network_input(rgb, view), tile_size=512, overlap=64)
 
+The one tiling definition that evaluation (trainer and --mode=evaluate alike) and predict use.
 Images are never resized or cropped. An image is zero-padded at the bottom and right to a
 multiple of the model's stride (zero is the mean after per-image normalisation, and how
 training pads small images). When it is larger than the tile, it is cut into overlapping
@@ -15,104 +14,20 @@ the single-pass prediction exactly; for larger fields it removes the seams tile 
 Per-pixel (semantic) models are tileable. A spec with `tileable=False` (a detector such as
 Mask R-CNN, whose outputs are not per-pixel maps) is run once on the whole stride-padded image;
 its foreground map and nuclei are then cropped back to the image.
-
-Also here: write_atomically, used by every writer of evaluate/predict/figures so that a crash
-never leaves a half-written output file, and a per-image progress line.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
-import os
-import sys
 import time
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-from nucjax import checkpoint, models, optim, parallel, reporting, train
 from nucjax.models.spec import Instances, ModelSpec
-
-
-class CheckpointNotFoundError(FileNotFoundError):
-    """The workdir holds no checkpoint (or not the requested step)."""
-
-
-def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
-
-
-def _checkpoint_steps(directory: str) -> list[int]:
-    """The steps saved under `directory` (finished checkpoints only: digit-named folders)."""
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
-
-
-def load_model(config, workdir: str, step: int | None = None) -> tuple[ModelSpec, dict, int]:
-    """The model of `config` with the weights of `workdir`'s checkpoint `step` (default latest).
-
-    Returns (spec, variables {"params", "batch_stats"} on the first device, step). Raises
-    CheckpointNotFoundError when there is no such checkpoint and
-    nucjax.checkpoint.IncompatibleCheckpointError when it was written for another model.
-    """
-    spec = models.build(config)
-    directory = checkpoint_dir(workdir)
-    steps = _checkpoint_steps(directory)
-    if not steps:
-        raise CheckpointNotFoundError(
-            f"no checkpoint in {directory}; train first: python -m nucjax.main "
-            f"--config=... --workdir={workdir}"
-        )
-    if step is not None and step not in steps:
-        raise CheckpointNotFoundError(f"no checkpoint of step {step} in {directory}; has {steps}")
-    template = state_template(spec, config)
-    meta = checkpoint.describe(config.model.name, template.params)
-    ckpt = checkpoint.Checkpointer(directory, every_steps=0, keep=config.train.keep_checkpoints)
-    try:
-        state, restored = ckpt.restore(template, meta, step=steps[-1] if step is None else step)
-    finally:
-        ckpt.close()
-    return spec, state.variables, int(restored)
-
-
-def state_template(spec: ModelSpec, config):
-    """The TrainState the trainer checkpoints, as ShapeDtypeStructs on the first device.
-
-    Traced, never run: initialising a network compiles every initializer (tens of seconds on a
-    busy 2-core CPU for a U-Net), and restoring needs only shapes, dtypes and the optimizer
-    state's structure. prepare_variables is skipped (it may read pretrained weights that a
-    prediction machine lacks).
-    """
-    tx = optim.make_optimizer(
-        config.optim, 1, spec.frozen, config.model.get("freeze_backbone_steps", 0)
-    )
-    mesh = parallel.make_mesh(jax.devices()[:1])
-    spec = dataclasses.replace(spec, prepare_variables=lambda v: v)
-    abstract = jax.eval_shape(lambda: train.init_state(spec, tx, config, mesh))
-    sharding = parallel.replicated(mesh)
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract
-    )
-
-
-def fresh_model(config) -> tuple[ModelSpec, dict, int]:
-    """Freshly initialised (untrained) weights, shaped as load_model's: for timing only."""
-    spec = models.build(config)
-    tx = optim.make_optimizer(config.optim, 1)
-    mesh = parallel.make_mesh(jax.devices()[:1])
-    state = train.init_state(
-        dataclasses.replace(spec, prepare_variables=lambda v: v), tx, config, mesh
-    )
-    return spec, state.variables, 0
-
-
-# --------------------------------------------------------------------------------------------
-# Whole-image prediction
+from nucjax.postprocess import relabel_sequential
 
 
 @functools.partial(jax.jit, static_argnames="module")
@@ -177,7 +92,7 @@ def predict_image(
 ) -> Any:
     """Model outputs of one whole normalised image.
 
-    image: (H, W, 3) float32, normalised (nucjax.data.pipeline.normalize_image), any H, W >= 1.
+    image: (H, W, 3) float32 (nucjax.data.images.network_input), any H, W >= 1.
     Tileable specs: returns (H, W, C) float32 numpy (logits for semantic models), from tiles of
     at most tile_size (rounded down to the stride) overlapping by `overlap` pixels, run
     batch_size at a time; the jitted apply compiles once per (batch, tile shape).
@@ -224,9 +139,7 @@ def _crop_instances(instances: Instances, h: int, w: int) -> Instances:
     """Instances of a padded image cut back to (h, w); nuclei left with no pixel are dropped."""
     label = instances.label[:h, :w]
     kept = np.unique(label[label > 0])
-    lut = np.zeros(int(instances.label.max()) + 1, np.int32)
-    lut[kept] = np.arange(1, kept.size + 1)
-    return Instances(label=lut[label], scores=np.asarray(instances.scores)[kept - 1])
+    return Instances(relabel_sequential(label), np.asarray(instances.scores)[kept - 1])
 
 
 def segment_image(
@@ -249,71 +162,11 @@ def segment_image(
     return ImagePrediction(outputs, foreground, instances, t1 - t0, time.perf_counter() - t1)
 
 
-# --------------------------------------------------------------------------------------------
-# Host-side helpers shared by evaluate, predict and figures
-
-
-def write_atomically(path: str, write: Callable[[str], None]) -> str:
-    """Call write(tmp) for a temporary name in path's folder, then rename it to `path`.
-
-    The rename is atomic, so `path` is either absent, the old file, or complete. Returns path.
-    """
-    folder, name = os.path.split(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def write_text(path: str, text: str) -> str:
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-
-    return write_atomically(path, write)
-
-
-class ImageProgress:
-    """One line per image ("what 3/65 [###....] 1.2 img/s ETA 0m50s name"), redrawn on a TTY."""
-
-    def __init__(self, total: int, what: str, stream=None, width: int = 20):
-        self.total, self.what, self.width = total, what, width
-        self.stream = stream or sys.stderr
-        self.tty = getattr(self.stream, "isatty", lambda: False)()
-        self.t0 = time.perf_counter()
-
-    def update(self, done: int, name: str = "") -> None:
-        elapsed = time.perf_counter() - self.t0
-        rate = done / elapsed if elapsed > 0 and done else float("nan")
-        eta = (self.total - done) / rate if rate == rate and rate > 0 else float("nan")
-        filled = int(self.width * done / max(self.total, 1))
-        bar = "#" * filled + "." * (self.width - filled)
-        line = (
-            f"{self.what} {done}/{self.total} [{bar}] {rate:.2f} img/s "
-            f"ETA {reporting.format_duration(eta)} {name}"
-        )
-        if self.tty:
-            self.stream.write("\r" + line[:120].ljust(120) + ("\n" if done >= self.total else ""))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-
 __all__ = [
-    "CheckpointNotFoundError",
     "ImagePrediction",
-    "ImageProgress",
-    "fresh_model",
-    "load_model",
     "predict_image",
+    "round_to_stride",
     "segment_image",
     "tile_grid",
     "tile_layout",
-    "write_atomically",
-    "write_text",
 ]

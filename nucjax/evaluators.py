@@ -1,0 +1,183 @@
+"""Evaluators: one way to score a model on a split, used by the trainer and --mode=evaluate.
+
+  for ev in evaluators.for_training(config):       # the trainer, every eval_every_steps
+      result = ev.run(config, spec, variables)
+  evaluators.for_split(config, "validation").run(config, spec, variables)   # evaluate mode
+
+Every evaluator runs whole images through the one tiling definition (nucjax.whole_image, with
+config.eval.tile_size / tile_overlap) after the one input transform (images.network_input):
+  pixel     the probability map > 0.5 against the truth: map_pixel_accuracy,
+            map_foreground_iou (the trainer's in-step pixel_sums definition) and the
+            Keras-starter mean IoU. No post-processing: cheap, for the training split.
+  instance  the above, plus the model's post-processing into nuclei and every instance
+            metric (DSB score, AP by threshold, F1/P/R, PQ) and the pixel metrics of the nuclei.
+Each result holds set metrics, the same per modality (fluorescence / brightfield /
+histology, from the data set's `modality` feature) and one row per image.
+
+Evaluation is host-driven on one device, identical on every process (each holds the
+replicated parameters); only process 0 writes what it returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+from nucjax import data, metrics, reporting, whole_image
+from nucjax.data.images import MODALITIES, network_input
+from nucjax.models.spec import ModelSpec
+
+KINDS = ("pixel", "instance")
+# The set metrics also logged per modality during training ("dsb_score/histology", ...).
+BY_MODALITY_LOGGED = ("dsb_score", "f1@0.50", "map_foreground_iou", "map_pixel_accuracy")
+
+
+def decode_id(image_id) -> str:
+    """A data set id as str (tf.data gives bytes)."""
+    return image_id.decode() if isinstance(image_id, bytes) else str(image_id)
+
+
+def labelled_images(data_config, split: str, max_images: int = 0) -> Iterator[tuple]:
+    """(id, image (H, W, 3) uint8, label (H, W) int32, modality name) of a labelled split.
+
+    max_images > 0 keeps the split's first max_images images (its fixed order). Raises
+    ValueError for a split without labels (the DSB test split without stage1_solution.csv).
+    """
+    ds = data.raw_dataset(data_config, split)
+    if max_images > 0:
+        ds = ds.take(max_images)
+    for example in ds.as_numpy_iterator():
+        image_id, label = decode_id(example["id"]), np.asarray(example["label"], np.int32)
+        if not (label >= 0).any():
+            raise ValueError(
+                f"split {split!r} has no labels (image {image_id} is all 'not labelled'): "
+                "evaluation needs a labelled split (train, validation, or test with "
+                "stage1_solution.csv); for a Kaggle submission use --mode=predict "
+                "--input=split:test"
+            )
+        modality = MODALITIES[int(example["modality"])]
+        yield image_id, np.asarray(example["image"]), label, modality
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+    """Scores whole images of `split` (its first max_images; 0 = all) by `kind` (KINDS)."""
+
+    name: str
+    split: str
+    kind: str = "instance"
+    max_images: int = 0
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"evaluator kind {self.kind!r}; choose one of {KINDS}")
+        if self.split not in data.SPLITS:
+            raise ValueError(f"unknown split {self.split!r}; use one of {data.SPLITS}")
+
+    def num_images(self, data_config) -> int:
+        total = data.num_examples(data_config, self.split)
+        return min(total, self.max_images) if self.max_images > 0 else total
+
+    def _record(self, config, spec: ModelSpec, variables, image, label) -> dict:
+        """One image -> metrics.image_record with timings in its row."""
+        x, ev = network_input(image, config.data.input_view), config.eval
+        tiles = dict(tile_size=ev.tile_size, overlap=ev.tile_overlap)
+        if self.kind == "instance":
+            p = whole_image.segment_image(spec, variables, x, **tiles)
+            record = metrics.image_record(label, p.instances.label, p.foreground)
+            record["row"].update(predict_s=p.predict_s, postprocess_s=p.postprocess_s)
+            return record
+        t0 = time.perf_counter()
+        outputs = whole_image.predict_image(spec, variables, x, **tiles)
+        batched = jax.tree.map(lambda o: o[None], outputs)
+        foreground = np.asarray(spec.foreground(batched), np.float32)[0, : label.shape[0]]
+        record = metrics.image_record(label, None, foreground[:, : label.shape[1]])
+        record["row"]["predict_s"] = time.perf_counter() - t0
+        return record
+
+    def run(self, config, spec: ModelSpec, variables, *, show_progress: bool = False) -> dict:
+        """Score `variables` ({"params", "batch_stats"} on one device) of `spec`.
+
+        Returns {"name", "split", "kind", "metrics": set metrics, "by_modality": {modality:
+        set metrics}, "images": one row per image (id, modality, size, metrics, seconds),
+        "seconds"}.
+        """
+        bar = (
+            reporting.progress(self.num_images(config.data), f"{self.name} ({self.split})", "img")
+            if show_progress
+            else None
+        )
+        records, t0 = [], time.perf_counter()
+        for image_id, image, label, modality in labelled_images(
+            config.data, self.split, self.max_images
+        ):
+            record = self._record(config, spec, variables, image, label)
+            record["row"] = {
+                "id": image_id,
+                "modality": modality,
+                "height": label.shape[0],
+                "width": label.shape[1],
+                **record["row"],
+            }
+            records.append(record)
+            if bar is not None:
+                bar.update()
+        if bar is not None:
+            bar.close()
+        if not records:
+            raise ValueError(
+                f"split {self.split!r} of config.data.source={config.data.source!r} is empty"
+            )
+        by_modality = {
+            m: metrics.summarize([r for r in records if r["row"]["modality"] == m])
+            for m in MODALITIES
+            if any(r["row"]["modality"] == m for r in records)
+        }
+        rows = [r["row"] for r in records]
+        return {
+            "name": self.name,
+            "split": self.split,
+            "kind": self.kind,
+            "metrics": metrics.summarize(records),
+            "by_modality": by_modality,
+            "images": rows,
+            "seconds": {
+                "total": time.perf_counter() - t0,
+                "predict": float(sum(r["predict_s"] for r in rows)),
+                "postprocess": float(sum(r.get("postprocess_s", 0.0) for r in rows)),
+            },
+        }
+
+
+def for_training(config) -> list[Evaluator]:
+    """What the trainer runs: pixel metrics on the first config.eval.train_images training
+    images (0 = none), and every metric on config.eval.max_images images of config.eval.split."""
+    ev = config.eval
+    found = [Evaluator("train", "train", "pixel", ev.train_images)] if ev.train_images > 0 else []
+    return found + [Evaluator(ev.split, ev.split, "instance", ev.max_images)]
+
+
+def for_split(config, split: str | None = None) -> Evaluator:
+    """What --mode=evaluate runs: every metric on every image of `split` (config.eval.split)."""
+    split = split or config.eval.split
+    return Evaluator(split, split, "instance", 0)
+
+
+def scalars(result: dict) -> dict[str, float]:
+    """An evaluator's result as flat scalars for metrics.jsonl and TensorBoard: every set
+    metric, and BY_MODALITY_LOGGED per modality as "<metric>/<modality>"."""
+    flat: dict[str, Any] = dict(result["metrics"])
+    for modality, values in result["by_modality"].items():
+        for key in BY_MODALITY_LOGGED:
+            if key in values:
+                flat[f"{key}/{modality}"] = values[key]
+        flat[f"num_images/{modality}"] = values["num_images"]
+    return {k: float(v) for k, v in flat.items()}
+
+
+__all__ = ["Evaluator", "for_split", "for_training", "labelled_images", "scalars"]
