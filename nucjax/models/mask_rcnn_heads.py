@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nucjax.detection import inference, roi_align
+from nucjax.detection import decoding, roi_align
 from nucjax.models import fpn
 from nucjax.models.unet import UpConv2x2
 
@@ -116,7 +116,7 @@ def foreground_map(
 
     def paste_max(acc, args):
         def paste(acc):
-            pasted = inference.paste_masks(*args, image_shape)
+            pasted = decoding.paste_masks(*args, image_shape)
             return jnp.maximum(acc, jnp.max(pasted, axis=0))
 
         return jax.lax.cond(jnp.any(args[2]), paste, lambda acc: acc, acc), None
