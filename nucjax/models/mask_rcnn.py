@@ -39,11 +39,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nucjax import parallel
 from nucjax.detection import anchors as anchor_ops
 from nucjax.detection import decoding, proposals, sampling, targets
 from nucjax.detection import losses as det_losses
-from nucjax.models import fpn, keras_import, resnet
+from nucjax.models import fpn, pretrained
+from nucjax.models.layers import adapt_input, check_image_shape
 from nucjax.models.mask_rcnn_heads import (
     BOX_POOL,
     MASK_POOL,
@@ -137,12 +137,13 @@ class MaskRCNN(nn.Module):
 
     @nn.compact
     def __call__(self, image: jax.Array, label: jax.Array | None = None, *, train: bool):
-        fpn.check_image_shape(image.shape)
+        check_image_shape(image.shape, fpn.STRIDE, "Mask R-CNN")
         s = self.settings
         shape = tuple(int(d) for d in image.shape[1:3])
         backbone = fpn.backbone_module(s.backbone, s.depth, s.width, self.axis_name)
-        x = resnet.caffe_adapter(image) if s.input_adapter == "caffe" else image
-        pyramid = fpn.FPN(s.fpn_width, len(s.strides), name="fpn")(backbone(x, train=train))
+        pyramid = fpn.FPN(s.fpn_width, len(s.strides), name="fpn")(
+            backbone(adapt_input(image, s.input_adapter), train=train)
+        )
         anchors, counts = anchor_ops.multilevel_anchors(
             shape, s.strides, s.anchor_sizes, s.aspect_ratios
         )
@@ -318,9 +319,11 @@ def _scores_after_cleaning(label: np.ndarray, cleaned: np.ndarray, scores: np.nd
     return np.asarray(scores, np.float32)[old_id[1:] - 1]
 
 
-def build(config) -> ModelSpec:
-    """The ModelSpec of Mask R-CNN under `config` (registry entry `mask_rcnn`)."""
-    axis_name = parallel.AXIS  # the trainer's mesh axis: batch norm statistics sync over it
+def build(config, *, axis_name: str | None) -> ModelSpec:
+    """The ModelSpec of Mask R-CNN under `config` (registry entry `mask_rcnn`).
+
+    Batch norm (backbone only) synchronises over `axis_name` in training.
+    """
     return ModelSpec(
         module=MaskRCNN(settings=DetectorSettings.from_config(config), axis_name=axis_name),
         loss=mask_rcnn_loss,
@@ -328,8 +331,8 @@ def build(config) -> ModelSpec:
         postprocess=functools.partial(postprocess, eval_config=config.eval),
         stride=fpn.STRIDE,
         axis_name=axis_name,
-        prepare_variables=functools.partial(keras_import.maybe_load_pretrained, config),
-        frozen=keras_import.backbone_mask,
+        prepare_variables=functools.partial(pretrained.maybe_load_pretrained, config),
+        frozen=pretrained.backbone_mask,
         tileable=False,
     )
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from nucjax.detection import decoding, roi_align
 from nucjax.models import fpn
-from nucjax.models.unet import UpConv2x2
+from nucjax.models.layers import UpConv2x2
 
 BOX_POOL, MASK_POOL = 7, 14  # ROI Align output sizes; masks come out 2 * MASK_POOL = 28
 DETECTION_CHUNK = 64  # detections per mask-head and paste chunk at inference

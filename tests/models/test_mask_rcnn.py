@@ -11,7 +11,7 @@ from nucjax import metrics, models, parallel, train
 from nucjax.data.pipeline import normalize_image
 from nucjax.data.synthetic import synthetic_example
 from nucjax.detection import anchors, decoding
-from nucjax.models import fpn, mask_rcnn, mask_rcnn_heads
+from nucjax.models import fpn, layers, mask_rcnn, mask_rcnn_heads
 
 OVERFIT_STEPS = 300
 
@@ -53,7 +53,7 @@ def test_pyramid_levels_halve_for_both_backbones():
         grid = anchors.feature_shapes((64, 96), fpn.level_strides(5))
         assert shapes == [(2, h, w, 16) for h, w in grid], kind
     with pytest.raises(ValueError, match="multiples of 32"):
-        fpn.check_image_shape((1, 48, 64, 3))
+        layers.check_image_shape((1, 48, 64, 3), fpn.STRIDE, "Mask R-CNN")
 
 
 def test_training_outputs_and_targets_have_static_shapes():
