@@ -27,7 +27,6 @@ def get_config(arg=None):
     m.backbone = "resnet"  # "resnet" (ResNet-FPN) or "light" (the paper's six conv+BN+ReLU)
     m.depth = 50  # ResNet depth (18, 34, 50, 101, 152)
     m.width = 64  # ResNet stage widths width * [1, 2, 4, 8]; light: first conv's channels
-    m.hidden_activation = "relu"
     m.fpn_width = 256
     m.input_adapter = "none"  # "caffe" with ImageNet weights (see configs/resnet.py)
     m.pretrained = ""
@@ -53,14 +52,17 @@ def get_config(arg=None):
     m.box_head_width = 1024
     m.mask_head_convs = 4
     m.mask_head_width = 256
-    # Inference: detections above score_threshold after NMS, at most max_detections (> 375,
-    # the most nuclei in one DSB image); mask probability >= mask_threshold is nucleus.
-    # 0.5, not detectron2's 0.05 (tuned for COCO AP): the DSB score counts every false
-    # positive at one operating point.
-    m.score_threshold = 0.5
-    m.nms_threshold = 0.5
-    m.max_detections = 500
-    m.mask_threshold = 0.5
+    # Post-processing (config.eval; changing it needs no retraining): detections above
+    # score_threshold after NMS at nms_threshold, at most max_detections (> 375, the most
+    # nuclei in one DSB image); mask probability >= mask_threshold is nucleus. Then min_size
+    # and fill_holes (configs/common.py), as for every model. score_threshold 0.5, not
+    # detectron2's 0.05 (tuned for COCO AP): the DSB score counts every false positive at one
+    # operating point.
+    ev = config.eval
+    ev.score_threshold = 0.5
+    ev.nms_threshold = 0.5
+    ev.max_detections = 500
+    ev.mask_threshold = 0.5
 
     config.optim.name = "sgd"
     config.optim.learning_rate = 0.01
@@ -100,7 +102,7 @@ def get_config(arg=None):
         m.box_head_width = 32
         m.mask_head_convs = 2
         m.mask_head_width = 16
-        m.max_detections = 64
+        ev.max_detections = 64
         tiny.apply_tiny(config)
         # 64x64 synthetic crops hold up to ~45 nuclei: keep them all as ground truth.
         config.data.max_instances = 64

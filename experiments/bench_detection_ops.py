@@ -11,14 +11,17 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+import nucjax.runtime  # noqa: E402
+
+nucjax.runtime.configure()  # rbg PRNG and CPU flags, as in training; before jax starts
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import nucjax.runtime  # noqa: E402
-
-nucjax.runtime.configure()  # rbg PRNG and CPU flags, as in training
+from configs import mask_rcnn  # noqa: E402
 from nucjax.detection import anchors, nms, proposals, roi_align, targets  # noqa: E402
+from nucjax.models import fpn  # noqa: E402
 
 
 def median_ms(fn, *args, runs=5):
@@ -62,11 +65,16 @@ def main():
             line += f", forward+backward {median_ms(both, features, boxes):.0f} ms"
         print(line)
 
-    boxes_all, counts = anchors.multilevel_anchors((size, size))
+    m = mask_rcnn.get_config().model  # the paper's anchors and sampling sizes
+    boxes_all, counts = anchors.multilevel_anchors(
+        (size, size), fpn.level_strides(len(m.anchor_sizes)), m.anchor_sizes, m.aspect_ratios
+    )
     logits = rng.normal(size=len(boxes_all)).astype(np.float32)
     deltas = (0.2 * rng.normal(size=(len(boxes_all), 4))).astype(np.float32)
     run = jax.jit(
-        lambda a, s, d: proposals.generate_proposals(a, s, d, counts, (size, size), 2000, 1000)
+        lambda a, s, d: proposals.generate_proposals(
+            a, s, d, counts, (size, size), 2000, 1000, m.rpn_nms_threshold
+        )
     )
     print(
         f"generate_proposals A={len(boxes_all)} pre 2000/level post 1000: "
@@ -74,7 +82,11 @@ def main():
     )
     gt = random_boxes(rng, 512, size, 6, 60)
     gt_valid = np.arange(512) < 300
-    run = jax.jit(lambda key, a, g, v: targets.rpn_targets(key, a, g, v))
+    run = jax.jit(
+        lambda key, a, g, v: targets.rpn_targets(
+            key, a, g, v, m.rpn_samples, m.rpn_positive_fraction
+        )
+    )
     print(
         f"rpn_targets A={len(boxes_all)} G=512 (300 valid): "
         f"{median_ms(run, jax.random.key(0), boxes_all, gt, gt_valid):.0f} ms"

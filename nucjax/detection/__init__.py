@@ -10,5 +10,6 @@ Conventions shared by every module here:
   Randomness only through explicit PRNG keys.
 
 Modules: boxes, anchors, box_coding, matching, sampling, nms, roi_align, targets, losses,
-proposals (RPN -> proposals) and inference (detections, mask pasting, overlap resolution).
+proposals (RPN -> proposals) and decoding (box-head outputs -> detections; masks pasted into
+non-overlapping instances).
 """

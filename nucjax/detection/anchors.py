@@ -10,10 +10,8 @@ function as constants. Order: level by level (finest first), then row-major over
 (H_l, W_l) grid, then the K anchors of a location (scales outer, aspect ratios inner). This is the
 order of an RPN head output of shape (H_l, W_l, K) flattened and concatenated over levels.
 
-Sizes for nuclei: DSB 2018 nuclei have a median area of about 300 px (side ~17 px) at native
-scale and range from ~5 px to ~100+ px. Detectron2's FPN defaults (32..512 px, 8 x stride) would
-leave the smallest anchor at twice the median nucleus; we use 2 x stride, 8..128 px over strides
-4..64, and aspect ratios (h / w) 0.5, 1, 2 for elongated nuclei.
+Sizes, strides and aspect ratios are arguments: Mask R-CNN takes them from configs/mask_rcnn.py
+(config.model.anchor_sizes, aspect_ratios), which says why they suit nuclei.
 """
 
 from __future__ import annotations
@@ -23,24 +21,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-DEFAULT_STRIDES = (4, 8, 16, 32, 64)  # levels P2..P6
-DEFAULT_SIZES = (8.0, 16.0, 32.0, 64.0, 128.0)  # sqrt(area) of the base anchor per level, px
-DEFAULT_ASPECT_RATIOS = (0.5, 1.0, 2.0)  # height / width
 
-
-def anchors_per_location(
-    aspect_ratios: Sequence[float] = DEFAULT_ASPECT_RATIOS, scales_per_octave: int = 1
-) -> int:
+def anchors_per_location(aspect_ratios: Sequence[float], scales_per_octave: int = 1) -> int:
     """K, the number of anchors at each feature cell (the RPN head's output channels)."""
     return len(aspect_ratios) * scales_per_octave
 
 
 def cell_anchors(
     size: float,
-    aspect_ratios: Sequence[float] = DEFAULT_ASPECT_RATIOS,
+    aspect_ratios: Sequence[float],
     scales_per_octave: int = 1,
 ) -> np.ndarray:
-    """(K, 4) float32 anchors centred on (0, 0).
+    """(K, 4) float32 anchors centred on (0, 0); size: sqrt(area) px, ratios: height / width.
 
     Scale k of n has side size * 2**(k / n) (RetinaNet's scales per octave); an aspect ratio r
     = h / w keeps the area: h = side * sqrt(r), w = side / sqrt(r).
@@ -54,7 +46,7 @@ def cell_anchors(
     return np.asarray(out, np.float32).reshape(-1, 4)
 
 
-def feature_shapes(image_shape: Sequence[int], strides: Sequence[int] = DEFAULT_STRIDES):
+def feature_shapes(image_shape: Sequence[int], strides: Sequence[int]):
     """[(H_l, W_l)] per level: ceil(H / stride), ceil(W / stride) (exact for padded inputs)."""
     height, width = int(image_shape[0]), int(image_shape[1])
     return [(-(-height // s), -(-width // s)) for s in strides]
@@ -64,7 +56,7 @@ def level_anchors(
     feature_shape: Sequence[int],
     stride: int,
     size: float,
-    aspect_ratios: Sequence[float] = DEFAULT_ASPECT_RATIOS,
+    aspect_ratios: Sequence[float],
     scales_per_octave: int = 1,
     offset: float = 0.5,
 ) -> np.ndarray:
@@ -80,9 +72,9 @@ def level_anchors(
 
 def multilevel_anchors(
     image_shape: Sequence[int],
-    strides: Sequence[int] = DEFAULT_STRIDES,
-    sizes: Sequence[float] = DEFAULT_SIZES,
-    aspect_ratios: Sequence[float] = DEFAULT_ASPECT_RATIOS,
+    strides: Sequence[int],
+    sizes: Sequence[float],
+    aspect_ratios: Sequence[float],
     scales_per_octave: int = 1,
     offset: float = 0.5,
 ) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -100,8 +92,3 @@ def multilevel_anchors(
     ]
     counts = tuple(int(a.shape[0]) for a in per_level)
     return np.concatenate(per_level, axis=0), counts
-
-
-def level_of_anchors(counts: Sequence[int]) -> np.ndarray:
-    """(A,) int32 level index (0 = finest) of each anchor, from the per-level counts."""
-    return np.repeat(np.arange(len(counts), dtype=np.int32), counts)

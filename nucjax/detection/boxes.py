@@ -1,4 +1,4 @@
-"""Box geometry: area, pairwise IoU, clipping, degenerate boxes, boxes of masks.
+"""Box geometry: area, pairwise IoU, clipping, degenerate boxes.
 
 Boxes are float32 [y0, x0, y1, x1] in pixel coordinates of the (padded) input image, continuous
 coordinates where pixel (i, j) covers [i, i+1) x [j, j+1): the box of a mask whose rows are
@@ -91,27 +91,3 @@ def nondegenerate(boxes: jax.Array, min_size: float = 0.0) -> jax.Array:
     width = boxes[..., 3] - boxes[..., 1]
     finite = jnp.all(jnp.isfinite(boxes), axis=-1)
     return finite & (height > min_size) & (width > min_size)
-
-
-def masks_to_boxes(masks: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Tight boxes of binary masks.
-
-    masks: (G, H, W) bool (or 0/1). Returns boxes (G, 4) float32 [y0, x0, y1, x1] with y1, x1
-    one past the last foreground row/column (pixel convention above), and valid (G,) bool,
-    False for empty masks, whose box is all zeros.
-    """
-    masks = jnp.asarray(masks) > 0
-    rows = jnp.any(masks, axis=2)  # (G, H)
-    cols = jnp.any(masks, axis=1)  # (G, W)
-    valid = jnp.any(rows, axis=1)
-
-    def extent(hits: jax.Array) -> tuple[jax.Array, jax.Array]:
-        size = hits.shape[1]
-        first = jnp.argmax(hits, axis=1)
-        last = size - jnp.argmax(hits[:, ::-1], axis=1)  # one past the last hit
-        return first, last
-
-    y0, y1 = extent(rows)
-    x0, x1 = extent(cols)
-    boxes = jnp.stack([y0, x0, y1, x1], axis=1).astype(jnp.float32)
-    return jnp.where(valid[:, None], boxes, 0.0), valid

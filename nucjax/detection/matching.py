@@ -109,12 +109,7 @@ def match_boxes(
         labels = jnp.where(anchor_valid, NEGATIVE, IGNORE).astype(jnp.int32)
         return jnp.zeros((num_anchors,), jnp.int32), labels
 
-    chunk = max(1, min(chunk, num_anchors))
-    padded = -(-num_anchors // chunk) * chunk
-    chunks = (
-        jnp.pad(anchors, ((0, padded - num_anchors), (0, 0))).reshape(-1, chunk, 4),
-        jnp.pad(anchor_valid, (0, padded - num_anchors)).reshape(-1, chunk),
-    )
+    chunks = _chunked(anchors, anchor_valid, max(1, min(chunk, num_anchors)))
 
     def chunk_iou(args):
         boxes, valid = args
@@ -141,6 +136,15 @@ def match_boxes(
         low_quality = jax.lax.map(ties, chunks).reshape(-1)[:num_anchors]
     labels = _labels(best, low_quality, anchor_valid, positive_threshold, negative_threshold)
     return matched, labels
+
+
+def _chunked(boxes: jax.Array, valid: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:
+    """boxes (N, 4), valid (N,) -> (ceil(N / chunk), chunk, 4), (ceil(N / chunk), chunk), padded."""
+    pad = -boxes.shape[0] % chunk
+    return (
+        jnp.pad(boxes, ((0, pad), (0, 0))).reshape(-1, chunk, 4),
+        jnp.pad(valid, (0, pad)).reshape(-1, chunk),
+    )
 
 
 def match_anchors(

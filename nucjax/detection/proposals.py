@@ -20,10 +20,6 @@ import jax.numpy as jnp
 from nucjax.detection import box_coding, nms
 from nucjax.detection import boxes as box_ops
 
-TRAIN_TOP_K = (2000, 1000)  # (pre-NMS per level, post-NMS per image), detectron2 training
-TEST_TOP_K = (1000, 1000)  # detectron2 inference; 1000 > 375, the most nuclei in a DSB image
-NMS_THRESHOLD = 0.7
-
 
 def generate_proposals(
     anchors: jax.Array,
@@ -31,9 +27,9 @@ def generate_proposals(
     deltas: jax.Array,
     level_counts: Sequence[int],
     image_shape,
-    pre_nms_top_k: int = TRAIN_TOP_K[0],
-    post_nms_top_k: int = TRAIN_TOP_K[1],
-    nms_threshold: float = NMS_THRESHOLD,
+    pre_nms_top_k: int,
+    post_nms_top_k: int,
+    nms_threshold: float,
     min_size: float = 0.0,
     weights: Sequence[float] = box_coding.RPN_BOX_WEIGHTS,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:

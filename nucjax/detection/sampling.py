@@ -19,9 +19,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-RPN_SAMPLES = (256, 0.5)  # per image: number, positive fraction (detectron2 RPN)
-ROI_SAMPLES = (512, 0.25)  # per image, box head
-
 
 def max_positives(num_samples: int, positive_fraction: float) -> int:
     """The static cap on sampled positives: floor(num_samples * positive_fraction)."""

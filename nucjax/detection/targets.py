@@ -70,8 +70,8 @@ def rpn_targets(
     anchors: jax.Array,
     gt_boxes: jax.Array,
     gt_valid: jax.Array,
-    num_samples: int = sampling.RPN_SAMPLES[0],
-    positive_fraction: float = sampling.RPN_SAMPLES[1],
+    num_samples: int,
+    positive_fraction: float,
     weights=box_coding.RPN_BOX_WEIGHTS,
     anchor_valid: jax.Array | None = None,
 ) -> RpnTargets:
@@ -114,8 +114,8 @@ def roi_targets(
     proposal_valid: jax.Array,
     gt_boxes: jax.Array,
     gt_valid: jax.Array,
-    num_samples: int = sampling.ROI_SAMPLES[0],
-    positive_fraction: float = sampling.ROI_SAMPLES[1],
+    num_samples: int,
+    positive_fraction: float,
     weights=box_coding.ROI_BOX_WEIGHTS,
     append_gt_boxes: bool = True,
 ) -> RoiTargets:

@@ -1,13 +1,17 @@
 """Model registry keyed by `config.model.name`.
 
-Each entry is a function `build(config) -> ModelSpec` (see nucjax.models.spec). Modules are
-imported lazily so that importing one network does not pay for the others.
+Each entry is a module with `build(config, *, axis_name) -> ModelSpec` (nucjax.models.spec).
+Modules are imported lazily so that importing one network does not pay for the others.
+
+Shared pieces: layers.py (activations, batch norm, upsampling, input checks) and pretrained.py
+(backbone checkpoints: loading and freezing); keras_import.py converts Keras weights.
 """
 
 from __future__ import annotations
 
 import importlib
 
+from nucjax import parallel
 from nucjax.models.spec import Instances, ModelSpec
 
 _REGISTRY = {
@@ -23,13 +27,17 @@ def names() -> list[str]:
 
 
 def build(config) -> ModelSpec:
-    """The ModelSpec for `config.model.name`; `config` is the whole experiment config."""
+    """The ModelSpec for `config.model.name`; `config` is the whole experiment config.
+
+    Every network's batch norm synchronises its statistics over the trainer's mesh axis
+    (nucjax.parallel.AXIS), given here and nowhere else.
+    """
     name = config.model.name
     if name not in _REGISTRY:
         raise ValueError(
             f"config.model.name={name!r} is not a known model; choose one of {names()}"
         )
-    return importlib.import_module(_REGISTRY[name]).build(config)
+    return importlib.import_module(_REGISTRY[name]).build(config, axis_name=parallel.AXIS)
 
 
 __all__ = ["Instances", "ModelSpec", "build", "names"]

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from nucjax.models import resnet
+from nucjax.models.layers import batch_norm, upsample2
 
 STRIDE = 32  # input H and W must be multiples of this
 FIRST_LEVEL = 2  # P2, stride 4
@@ -31,17 +32,6 @@ FIRST_LEVEL = 2  # P2, stride 4
 def level_strides(num_levels: int) -> tuple[int, ...]:
     """Strides of pyramid levels P2, P3, ...: (4, 8, ..., 4 * 2**(num_levels - 1))."""
     return tuple(2 ** (FIRST_LEVEL + i) for i in range(num_levels))
-
-
-def batch_norm(train: bool, axis_name: str | None, name: str | None = None) -> nn.BatchNorm:
-    # axis_name only while training: eval runs outside the trainer's shard_map, where the axis
-    # is unbound (and uses running averages anyway). Momentum 0.9 as in nucjax.models.resnet.
-    return nn.BatchNorm(
-        use_running_average=not train,
-        axis_name=axis_name if train else None,
-        momentum=0.9,
-        name=name,
-    )
 
 
 class LightBackbone(nn.Module):
@@ -83,19 +73,11 @@ class FPN(nn.Module):
         for name in reversed(names):
             level = int(name[1:])
             lateral = nn.Conv(self.width, (1, 1), name=f"lateral{level}")(stages[name])
-            top = lateral if top is None else lateral + resnet.upsample2(top)
+            top = lateral if top is None else lateral + upsample2(top)
             pyramid.insert(0, nn.Conv(self.width, (3, 3), name=f"output{level}")(top))
         while len(pyramid) < self.num_levels:
             pyramid.append(nn.max_pool(pyramid[-1], (1, 1), strides=(2, 2), padding="SAME"))
         return pyramid[: self.num_levels]
-
-
-def check_image_shape(shape) -> None:
-    if len(shape) != 4 or shape[1] % STRIDE or shape[2] % STRIDE:
-        raise ValueError(
-            f"Mask R-CNN takes images (B, H, W, 3) with H and W multiples of {STRIDE}; "
-            f"got {tuple(shape)}"
-        )
 
 
 def backbone_module(
@@ -103,7 +85,7 @@ def backbone_module(
 ) -> nn.Module:
     """The backbone of config.model.backbone: image (B, H, W, 3) -> {"C2".."C5"} (+ more).
 
-    Named `backbone` so that nucjax.models.keras_import finds a ResNet's subtree for
+    Named `backbone` so that nucjax.models.pretrained finds a ResNet's subtree for
     pretrained weights and freezing.
     """
     if kind == "resnet":
@@ -123,7 +105,6 @@ __all__ = [
     "FPN",
     "STRIDE",
     "backbone_module",
-    "check_image_shape",
     "LightBackbone",
     "flatten_levels",
     "level_strides",

@@ -17,12 +17,13 @@ global counts. The box head sees all sampled ROIs; the mask head only the first
 nucjax.detection.sampling), in random order.
 
 Inference (train=False): proposals -> box head -> score threshold, NMS and a static
-max_detections (box_head_detections) -> mask head on the detections. Outputs (D =
-max_detections): boxes (B, D, 4), scores (B, D), valid (B, D), masks (B, D, 28, 28) nucleus
-probabilities, and foreground (B, H, W): the maximum of the pasted masks (what the trainer's
-pixel metrics read). The mask head and the pasting skip chunks of empty detection slots, so
-their cost follows the number of nuclei, not max_detections. postprocess() pastes the masks
-of one image into a non-overlapping label image, higher scores first.
+max_detections (config.eval; decoding.box_head_detections) -> mask head on the detections.
+Outputs (D = max_detections): boxes (B, D, 4), scores (B, D), valid (B, D), masks
+(B, D, 28, 28) nucleus probabilities, and foreground (B, H, W): the maximum of the pasted
+masks (what the trainer's pixel metrics read). The mask head and the pasting skip chunks of
+empty detection slots, so their cost follows the number of nuclei, not max_detections.
+postprocess() pastes the masks of one image into a non-overlapping label image, higher scores
+first, and cleans it with config.eval as the per-pixel networks' post-processing does.
 
 Batch norm (backbone only) is trained and synchronised over the trainer's device axis; the
 FPN and the heads have no normalisation (detectron2's defaults).
@@ -38,11 +39,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nucjax import parallel
 from nucjax.detection import anchors as anchor_ops
-from nucjax.detection import inference, proposals, sampling, targets
+from nucjax.detection import decoding, proposals, sampling, targets
 from nucjax.detection import losses as det_losses
-from nucjax.models import fpn, keras_import, resnet
+from nucjax.models import fpn, pretrained
+from nucjax.models.layers import adapt_input, check_image_shape
 from nucjax.models.mask_rcnn_heads import (
     BOX_POOL,
     MASK_POOL,
@@ -54,36 +55,66 @@ from nucjax.models.mask_rcnn_heads import (
     pool,
 )
 from nucjax.models.spec import Instances, ModelSpec
+from nucjax.postprocess import clean_instances
 
 ROI_LEVELS = 4  # ROI Align reads P2..P5; P6 serves the RPN only (as in detectron2)
+# The config section of each DetectorSettings field that is not in config.model.
+_CONFIG_SECTION = {
+    "max_instances": "data",
+    "score_threshold": "eval",
+    "nms_threshold": "eval",
+    "max_detections": "eval",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class DetectorSettings:
-    """Anchors, sampling and inference settings (hashable: a static module attribute).
+    """What the Mask R-CNN module computes with, read from the config once (`from_config`).
 
-    anchor_sizes: one anchor side (sqrt of area, pixels) per pyramid level P2, P3, ...; their
-        number sets the levels (5: P2..P6, P6 max-pooled from P5).
-    train_top_k, test_top_k: (pre-NMS proposals per level, post-NMS proposals per image).
-    mask_rois: training ROIs given to the mask head, at most the positive cap
-        floor(roi_samples * roi_positive_fraction); 0 = that cap.
-    score_threshold, nms_threshold, max_detections: final detections (box_head_detections).
+    Hashable, as a static module attribute must be. Every field is the config field of the
+    same name (configs/mask_rcnn.py says what each means and why it has its value) and none has
+    a default here, so the config is the one source of every value.
+      config.model: the network (backbone .. mask_head_width), anchors (anchor_sizes: one side
+        per pyramid level P2, P3, ..., whose number sets the levels), RPN and ROI sampling,
+        proposals (train_top_k, test_top_k: pre-NMS per level, post-NMS per image) and
+        mask_rois (training ROIs of the mask head; 0 = the positive cap);
+      config.data: max_instances, the ground-truth slots per image;
+      config.eval: score_threshold, nms_threshold, max_detections, which select the detections
+        at inference (decoding.box_head_detections).
     """
 
-    anchor_sizes: tuple[float, ...] = anchor_ops.DEFAULT_SIZES
-    aspect_ratios: tuple[float, ...] = anchor_ops.DEFAULT_ASPECT_RATIOS
-    rpn_samples: int = sampling.RPN_SAMPLES[0]
-    rpn_positive_fraction: float = sampling.RPN_SAMPLES[1]
-    train_top_k: tuple[int, int] = proposals.TRAIN_TOP_K
-    test_top_k: tuple[int, int] = proposals.TEST_TOP_K
-    rpn_nms_threshold: float = proposals.NMS_THRESHOLD
-    roi_samples: int = sampling.ROI_SAMPLES[0]
-    roi_positive_fraction: float = sampling.ROI_SAMPLES[1]
-    mask_rois: int = 0
-    score_threshold: float = 0.5
-    nms_threshold: float = inference.NMS_THRESHOLD
-    max_detections: int = 500
-    max_instances: int = 512
+    backbone: str
+    depth: int
+    width: int
+    fpn_width: int
+    input_adapter: str
+    box_head_convs: int
+    box_head_fcs: int
+    box_head_width: int
+    mask_head_convs: int
+    mask_head_width: int
+    anchor_sizes: tuple[float, ...]
+    aspect_ratios: tuple[float, ...]
+    rpn_samples: int
+    rpn_positive_fraction: float
+    train_top_k: tuple[int, int]
+    test_top_k: tuple[int, int]
+    rpn_nms_threshold: float
+    roi_samples: int
+    roi_positive_fraction: float
+    mask_rois: int
+    max_instances: int
+    score_threshold: float
+    nms_threshold: float
+    max_detections: int
+
+    @classmethod
+    def from_config(cls, config) -> DetectorSettings:
+        def value(name: str):
+            found = config[_CONFIG_SECTION.get(name, "model")][name]
+            return tuple(found) if isinstance(found, list | tuple) else found
+
+        return cls(**{field.name: value(field.name) for field in dataclasses.fields(cls)})
 
     @property
     def strides(self) -> tuple[int, ...]:
@@ -101,34 +132,23 @@ class MaskRCNN(nn.Module):
     Returns the dict of outputs (and sampled targets) described in the module docstring.
     """
 
-    settings: DetectorSettings = DetectorSettings()
-    backbone: str = "resnet"
-    depth: int = 50
-    width: int = 64
-    fpn_width: int = 256
-    box_head_convs: int = 0
-    box_head_fcs: int = 2
-    box_head_width: int = 1024
-    mask_head_convs: int = 4
-    mask_head_width: int = 256
-    input_adapter: str = "none"
+    settings: DetectorSettings
     axis_name: str | None = None
 
     @nn.compact
     def __call__(self, image: jax.Array, label: jax.Array | None = None, *, train: bool):
-        fpn.check_image_shape(image.shape)
+        check_image_shape(image.shape, fpn.STRIDE, "Mask R-CNN")
         s = self.settings
         shape = tuple(int(d) for d in image.shape[1:3])
-        x = resnet.caffe_adapter(image) if self.input_adapter == "caffe" else image
-        stages = fpn.backbone_module(self.backbone, self.depth, self.width, self.axis_name)(
-            x, train=train
+        backbone = fpn.backbone_module(s.backbone, s.depth, s.width, self.axis_name)
+        pyramid = fpn.FPN(s.fpn_width, len(s.strides), name="fpn")(
+            backbone(adapt_input(image, s.input_adapter), train=train)
         )
-        pyramid = fpn.FPN(self.fpn_width, len(s.strides), name="fpn")(stages)
         anchors, counts = anchor_ops.multilevel_anchors(
             shape, s.strides, s.anchor_sizes, s.aspect_ratios
         )
         num_anchors = anchor_ops.anchors_per_location(s.aspect_ratios)
-        rpn_logits, rpn_deltas = RPNHead(num_anchors, self.fpn_width, name="rpn")(pyramid)
+        rpn_logits, rpn_deltas = RPNHead(num_anchors, s.fpn_width, name="rpn")(pyramid)
         pre, post = s.train_top_k if train else s.test_top_k
         propose = functools.partial(
             proposals.generate_proposals,
@@ -140,67 +160,74 @@ class MaskRCNN(nn.Module):
             nms_threshold=s.rpn_nms_threshold,
         )
         rois, _, roi_valid = jax.vmap(propose)(rpn_logits, rpn_deltas)
-        maps = pyramid[:ROI_LEVELS]
         box_head = BoxHead(
-            self.box_head_convs,
-            self.box_head_fcs,
-            self.box_head_width,
-            self.fpn_width,
-            name="box_head",
+            s.box_head_convs, s.box_head_fcs, s.box_head_width, s.fpn_width, name="box_head"
         )
         # The mask head is applied as a pure function of its parameters, so that inference can
         # run it inside lax.map / lax.cond (bound flax modules cannot enter jax transforms).
-        mask_head = MaskHead(self.mask_head_convs, self.mask_head_width)
+        mask_head = MaskHead(s.mask_head_convs, s.mask_head_width)
         init_masks = lambda key: mask_head.init(
-            key, jnp.zeros((1, MASK_POOL, MASK_POOL, self.fpn_width))
+            key, jnp.zeros((1, MASK_POOL, MASK_POOL, s.fpn_width))
         )["params"]
         mask_params = self.param("mask_head", init_masks)
         predict_masks = lambda features: mask_head.apply({"params": mask_params}, features)
+        maps = pyramid[:ROI_LEVELS]
         if not train:
             return _detect(s, shape, maps, rois, roi_valid, box_head, predict_masks)
         if label is None:
             raise ValueError("Mask R-CNN samples its targets from `label` when train=True")
+        heads = (box_head, predict_masks)
+        rpn = (anchors, rpn_logits, rpn_deltas)
+        return _train(s, self.make_rng("sample"), label, rpn, rois, roi_valid, maps, heads)
 
-        gt_boxes, gt_valid = jax.vmap(lambda g: targets.instance_boxes(g, s.max_instances))(label)
-        batch = image.shape[0]
-        rpn_keys, roi_keys = jnp.split(jax.random.split(self.make_rng("sample"), 2 * batch), 2)
-        rpn_t = jax.vmap(
-            functools.partial(
-                targets.rpn_targets,
-                num_samples=s.rpn_samples,
-                positive_fraction=s.rpn_positive_fraction,
-            ),
-            in_axes=(0, None, 0, 0),
-        )(rpn_keys, anchors, gt_boxes, gt_valid)
-        roi_t = jax.vmap(
-            functools.partial(
-                targets.roi_targets,
-                num_samples=s.roi_samples,
-                positive_fraction=s.roi_positive_fraction,
-            )
-        )(roi_keys, rois, roi_valid, gt_boxes, gt_valid)
-        class_logits, box_deltas = box_head(pool(maps, roi_t.rois, BOX_POOL))
-        mask_rois = roi_t.rois[:, : s.mask_slots]
-        mask_gt = roi_t.gt_index[:, : s.mask_slots]
-        mask_logits = predict_masks(pool(maps, mask_rois, MASK_POOL))
-        return {
-            "rpn": {"logits": rpn_logits, "deltas": rpn_deltas, "targets": rpn_t},
-            "box": {"class_logits": class_logits, "deltas": box_deltas, "targets": roi_t},
-            "mask": {
-                "logits": mask_logits,
-                "targets": jax.vmap(targets.mask_targets)(label, mask_rois, mask_gt),
-                "positive": roi_t.positive[:, : s.mask_slots],
-            },
-            "gt_instances": jnp.sum(gt_valid, axis=1),
-            "gt_dropped_pixels": jnp.sum(label > s.max_instances, axis=(1, 2)),
-        }
+
+def _train(s: DetectorSettings, key, label, rpn, rois, roi_valid, maps, heads):
+    """Training outputs: sample targets from `label` (B, H, W), run the heads on the samples.
+
+    rpn: (anchors (A, 4), logits (B, A), deltas (B, A, 4)); rois (B, P, 4) and roi_valid
+    (B, P) the proposals; heads: (bound box head, mask head function).
+    """
+    anchors, rpn_logits, rpn_deltas = rpn
+    box_head, predict_masks = heads
+    gt_boxes, gt_valid = jax.vmap(lambda g: targets.instance_boxes(g, s.max_instances))(label)
+    rpn_keys, roi_keys = jnp.split(jax.random.split(key, 2 * label.shape[0]), 2)
+    rpn_t = jax.vmap(
+        functools.partial(
+            targets.rpn_targets,
+            num_samples=s.rpn_samples,
+            positive_fraction=s.rpn_positive_fraction,
+        ),
+        in_axes=(0, None, 0, 0),
+    )(rpn_keys, anchors, gt_boxes, gt_valid)
+    roi_t = jax.vmap(
+        functools.partial(
+            targets.roi_targets,
+            num_samples=s.roi_samples,
+            positive_fraction=s.roi_positive_fraction,
+        )
+    )(roi_keys, rois, roi_valid, gt_boxes, gt_valid)
+    class_logits, box_deltas = box_head(pool(maps, roi_t.rois, BOX_POOL))
+    mask_rois = roi_t.rois[:, : s.mask_slots]
+    mask_gt = roi_t.gt_index[:, : s.mask_slots]
+    mask_logits = predict_masks(pool(maps, mask_rois, MASK_POOL))
+    return {
+        "rpn": {"logits": rpn_logits, "deltas": rpn_deltas, "targets": rpn_t},
+        "box": {"class_logits": class_logits, "deltas": box_deltas, "targets": roi_t},
+        "mask": {
+            "logits": mask_logits,
+            "targets": jax.vmap(targets.mask_targets)(label, mask_rois, mask_gt),
+            "positive": roi_t.positive[:, : s.mask_slots],
+        },
+        "gt_instances": jnp.sum(gt_valid, axis=1),
+        "gt_dropped_pixels": jnp.sum(label > s.max_instances, axis=(1, 2)),
+    }
 
 
 def _detect(s: DetectorSettings, shape, maps, rois, roi_valid, box_head, predict_masks):
     """Inference from proposals (B, P, 4) to the outputs dict (module docstring)."""
     class_logits, box_deltas = box_head(pool(maps, rois, BOX_POOL))
     detect = functools.partial(
-        inference.box_head_detections,
+        decoding.box_head_detections,
         image_shape=shape,
         score_threshold=s.score_threshold,
         iou_threshold=s.nms_threshold,
@@ -258,70 +285,54 @@ def foreground(outputs) -> jax.Array:
     return outputs["foreground"]
 
 
-def postprocess(outputs, *, mask_threshold: float = inference.MASK_THRESHOLD) -> Instances:
+def postprocess(outputs, *, eval_config) -> Instances:
     """Eval outputs of one image (numpy, no batch axis) -> non-overlapping Instances.
 
     Every pixel goes to the highest-scoring detection whose mask probability there is >=
-    mask_threshold; detections left without a pixel are dropped.
+    eval_config.mask_threshold; detections left without a pixel are dropped. Then, as for the
+    per-pixel networks, clean_instances fills holes (eval_config.fill_holes, max_hole_size)
+    and drops nuclei under eval_config.min_size pixels; scores follow their nuclei.
     """
-    label, scores = inference.instances_from_detections(
+    label, scores = decoding.instances_from_detections(
         np.asarray(outputs["masks"]),
         np.asarray(outputs["boxes"]),
         np.asarray(outputs["scores"]),
         np.asarray(outputs["valid"]),
         np.shape(outputs["foreground"]),
-        mask_threshold,
+        eval_config.mask_threshold,
     )
-    return Instances(label=label, scores=scores)
-
-
-def settings_from_config(config) -> DetectorSettings:
-    m = config.model
-    return DetectorSettings(
-        anchor_sizes=tuple(float(x) for x in m.anchor_sizes),
-        aspect_ratios=tuple(float(x) for x in m.aspect_ratios),
-        rpn_samples=int(m.rpn_samples),
-        rpn_positive_fraction=float(m.rpn_positive_fraction),
-        train_top_k=tuple(int(x) for x in m.train_top_k),
-        test_top_k=tuple(int(x) for x in m.test_top_k),
-        rpn_nms_threshold=float(m.rpn_nms_threshold),
-        roi_samples=int(m.roi_samples),
-        roi_positive_fraction=float(m.roi_positive_fraction),
-        mask_rois=int(m.mask_rois),
-        score_threshold=float(m.score_threshold),
-        nms_threshold=float(m.nms_threshold),
-        max_detections=int(m.max_detections),
-        max_instances=int(config.data.max_instances),
+    cleaned = clean_instances(
+        label, eval_config.min_size, eval_config.fill_holes, eval_config.max_hole_size
     )
+    return Instances(label=cleaned, scores=_scores_after_cleaning(label, cleaned, scores))
 
 
-def build(config) -> ModelSpec:
-    """The ModelSpec of Mask R-CNN under `config` (registry entry `mask_rcnn`)."""
-    m = config.model
-    axis = parallel.AXIS  # the trainer's mesh axis: batch norm statistics sync over it
-    module = MaskRCNN(
-        settings=settings_from_config(config),
-        backbone=m.backbone,
-        depth=int(m.depth),
-        width=int(m.width),
-        fpn_width=int(m.fpn_width),
-        box_head_convs=int(m.box_head_convs),
-        box_head_fcs=int(m.box_head_fcs),
-        box_head_width=int(m.box_head_width),
-        mask_head_convs=int(m.mask_head_convs),
-        mask_head_width=int(m.mask_head_width),
-        input_adapter=m.get("input_adapter", "none"),
-        axis_name=axis,
-    )
+def _scores_after_cleaning(label: np.ndarray, cleaned: np.ndarray, scores: np.ndarray):
+    """Scores (K,) of `label`'s ids 1..K -> scores of `cleaned`'s ids (clean_instances of it).
+
+    Cleaning removes whole nuclei and fills holes, so every kept nucleus still covers pixels
+    of its old id: one such pixel tells which old id became which new one.
+    """
+    old_id = np.zeros(int(cleaned.max(initial=0)) + 1, np.int64)
+    both = (cleaned > 0) & (label > 0)
+    old_id[cleaned[both]] = label[both]
+    return np.asarray(scores, np.float32)[old_id[1:] - 1]
+
+
+def build(config, *, axis_name: str | None) -> ModelSpec:
+    """The ModelSpec of Mask R-CNN under `config` (registry entry `mask_rcnn`).
+
+    Batch norm (backbone only) synchronises over `axis_name` in training.
+    """
     return ModelSpec(
-        module=module,
+        module=MaskRCNN(settings=DetectorSettings.from_config(config), axis_name=axis_name),
         loss=mask_rcnn_loss,
         foreground=foreground,
-        postprocess=functools.partial(postprocess, mask_threshold=float(m.mask_threshold)),
+        postprocess=functools.partial(postprocess, eval_config=config.eval),
         stride=fpn.STRIDE,
-        axis_name=axis,
-        prepare_variables=functools.partial(keras_import.maybe_load_pretrained, config),
-        frozen=keras_import.backbone_mask,
+        axis_name=axis_name,
+        prepare_variables=functools.partial(pretrained.maybe_load_pretrained, config),
+        frozen=pretrained.backbone_mask,
         tileable=False,
     )
 

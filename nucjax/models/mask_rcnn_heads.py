@@ -12,9 +12,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nucjax.detection import inference, roi_align
+from nucjax.detection import decoding, roi_align
 from nucjax.models import fpn
-from nucjax.models.unet import UpConv2x2
+from nucjax.models.layers import UpConv2x2
 
 BOX_POOL, MASK_POOL = 7, 14  # ROI Align output sizes; masks come out 2 * MASK_POOL = 28
 DETECTION_CHUNK = 64  # detections per mask-head and paste chunk at inference
@@ -116,7 +116,7 @@ def foreground_map(
 
     def paste_max(acc, args):
         def paste(acc):
-            pasted = inference.paste_masks(*args, image_shape)
+            pasted = decoding.paste_masks(*args, image_shape)
             return jnp.maximum(acc, jnp.max(pasted, axis=0))
 
         return jax.lax.cond(jnp.any(args[2]), paste, lambda acc: acc, acc), None

@@ -25,7 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nucjax.models import semantic
+from nucjax.models import pretrained, semantic
+from nucjax.models.layers import adapt_input, batch_norm, check_image_shape, upsample2
 from nucjax.models.spec import ModelSpec
 
 # depth -> (block kind, blocks per stage conv2..conv5)
@@ -38,9 +39,6 @@ STAGES: dict[int, tuple[str, tuple[int, ...]]] = {
 }
 STRIDE = 32
 BN_EPSILON = 1.001e-5  # Keras applications' value; must match for pretrained parity
-# caffe preprocessing (keras.applications.resnet.preprocess_input): BGR means on 0..255 pixels
-CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
-INPUT_ADAPTERS = ("none", "caffe")
 
 
 def stage_blocks(depth: int) -> tuple[str, tuple[int, ...]]:
@@ -48,32 +46,6 @@ def stage_blocks(depth: int) -> tuple[str, tuple[int, ...]]:
     if depth not in STAGES:
         raise ValueError(f"ResNet depth {depth} is not supported; choose one of {sorted(STAGES)}")
     return STAGES[depth]
-
-
-def caffe_adapter(image: jax.Array) -> jax.Array:
-    """Per-image normalised RGB (B, H, W, 3) -> what Keras ImageNet ResNets were trained on.
-
-    Pretrained weights expect caffe preprocessing: BGR pixels in 0..255 minus the ImageNet BGR
-    mean. Normalisation threw away each image's own brightness and contrast, so we map it to a
-    plausible photograph instead: mean grey 128 and a standard deviation of 64 (about that of
-    ImageNet images), clipped to 0..255.
-    """
-    pixels = jnp.clip(image * 64.0 + 128.0, 0.0, 255.0)
-    return pixels[..., ::-1] - jnp.asarray(CAFFE_BGR_MEAN, image.dtype)
-
-
-def _batch_norm(train: bool, axis_name: str | None, name: str) -> nn.BatchNorm:
-    # axis_name only matters where batch statistics are computed (training, inside the
-    # trainer's shard_map); leaving it out otherwise lets evaluation run anywhere.
-    # momentum 0.9 (Keras uses 0.99): the DSB set is small, so running statistics must settle
-    # within a few hundred steps.
-    return nn.BatchNorm(
-        use_running_average=not train,
-        axis_name=axis_name if train else None,
-        momentum=0.9,
-        epsilon=BN_EPSILON,
-        name=name,
-    )
 
 
 class Bottleneck(nn.Module):
@@ -86,7 +58,7 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        bn = lambda name: _batch_norm(train, self.axis_name, name)
+        bn = lambda name: batch_norm(train, self.axis_name, name, epsilon=BN_EPSILON)
         s = (self.stride, self.stride)
         shortcut = x
         if self.projection:
@@ -111,7 +83,7 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        bn = lambda name: _batch_norm(train, self.axis_name, name)
+        bn = lambda name: batch_norm(train, self.axis_name, name, epsilon=BN_EPSILON)
         s = (self.stride, self.stride)
         shortcut = x
         if self.projection:
@@ -131,7 +103,7 @@ class ResNetBackbone(nn.Module):
       "stem": (B, H/2, W/2, width)  conv1 after ReLU, before the max pool
       "C2".."C5": strides 4, 8, 16, 32; channels width * [1, 2, 4, 8] (x4 for bottlenecks)
     x goes to the first convolution as it is: for Keras ImageNet weights it must already be
-    caffe-preprocessed (`caffe_adapter`, or keras.applications.resnet.preprocess_input).
+    caffe-preprocessed (layers.caffe_adapter, or keras.applications.resnet.preprocess_input).
     H and W must be multiples of 32 for the decoder; the backbone itself accepts any size.
     """
 
@@ -144,7 +116,7 @@ class ResNetBackbone(nn.Module):
         kind, blocks = stage_blocks(self.depth)
         block_cls = Bottleneck if kind == "bottleneck" else BasicBlock
         x = nn.Conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="conv1_conv")(x)
-        x = nn.relu(_batch_norm(train, self.axis_name, "conv1_bn")(x))
+        x = nn.relu(batch_norm(train, self.axis_name, "conv1_bn", epsilon=BN_EPSILON)(x))
         features = {"stem": x}
         # Keras pads with zeros, not -inf; after the ReLU both give the same maximum.
         x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
@@ -161,13 +133,6 @@ class ResNetBackbone(nn.Module):
                 )(x, train=train)
             features[f"C{stage + 2}"] = x
         return features
-
-
-def upsample2(x: jax.Array) -> jax.Array:
-    """(B, H, W, C) -> (B, 2H, 2W, C), nearest neighbour (a broadcast, no gather)."""
-    b, h, w, c = x.shape
-    x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
-    return x.reshape(b, 2 * h, 2 * w, c)
 
 
 class ResNetSeg(nn.Module):
@@ -189,12 +154,8 @@ class ResNetSeg(nn.Module):
     @nn.compact
     def __call__(self, image: jax.Array, label=None, *, train: bool) -> jax.Array:
         del label  # per-pixel targets are computed by the loss, not sampled by the network
-        if self.input_adapter not in INPUT_ADAPTERS:
-            raise ValueError(
-                f"config.model.input_adapter={self.input_adapter!r}; choose one of {INPUT_ADAPTERS}"
-            )
-        _check_size(image.shape)
-        x = caffe_adapter(image) if self.input_adapter == "caffe" else image
+        check_image_shape(image.shape, STRIDE, "ResNetSeg")
+        x = adapt_input(image, self.input_adapter)
         features = ResNetBackbone(self.depth, self.width, self.axis_name, name="backbone")(
             x, train=train
         )
@@ -212,18 +173,13 @@ class ResNetSeg(nn.Module):
                 y = jnp.concatenate([y, skip], axis=-1)
             channels = max(self.decoder_width // 2**level, 8)
             y = nn.Conv(channels, (3, 3), use_bias=False, name=f"decoder{level}_conv")(y)
-            y = nn.relu(_batch_norm(train, self.axis_name, f"decoder{level}_bn")(y))
+            y = nn.relu(
+                batch_norm(train, self.axis_name, f"decoder{level}_bn", epsilon=BN_EPSILON)(y)
+            )
         return nn.Conv(self.num_classes, (1, 1), name="logits")(y)
 
 
-def _check_size(shape: Sequence[int]) -> None:
-    if len(shape) != 4 or shape[1] % STRIDE or shape[2] % STRIDE:
-        raise ValueError(
-            f"ResNetSeg takes images (B, H, W, 3) with H and W multiples of {STRIDE}; got {shape}"
-        )
-
-
-def segmentation_module(config, axis_name: str | None = None) -> ResNetSeg:
+def segmentation_module(config, axis_name: str | None) -> ResNetSeg:
     """The ResNetSeg that `config.model` describes."""
     m = config.model
     stage_blocks(m.depth)
@@ -237,21 +193,19 @@ def segmentation_module(config, axis_name: str | None = None) -> ResNetSeg:
     )
 
 
-def build(config) -> ModelSpec:
+def build(config, *, axis_name: str | None) -> ModelSpec:
     """The ModelSpec of the ResNet segmentation network (registry entry `resnet`).
 
-    Its `prepare_variables` loads `config.model.pretrained` into the backbone (when set) and
-    its `frozen` marks the backbone, for `config.model.freeze_backbone_steps`.
+    Batch norm synchronises over `axis_name` in training. Its `prepare_variables` loads
+    `config.model.pretrained` into the backbone (when set) and its `frozen` marks the
+    backbone, for `config.model.freeze_backbone_steps`.
     """
-    from nucjax.models import keras_import  # imports this module
-
-    spec = semantic.build_spec(segmentation_module(config), config, stride=STRIDE)
+    module = segmentation_module(config, axis_name)
+    spec = semantic.build_spec(module, config, stride=STRIDE, axis_name=axis_name)
     return dataclasses.replace(
         spec,
-        # Batch norm synchronises its statistics over the trainer's device axis.
-        module=spec.module.clone(axis_name=spec.axis_name),
-        prepare_variables=functools.partial(keras_import.maybe_load_pretrained, config),
-        frozen=keras_import.backbone_mask,
+        prepare_variables=functools.partial(pretrained.maybe_load_pretrained, config),
+        frozen=pretrained.backbone_mask,
     )
 
 
@@ -262,8 +216,6 @@ __all__ = [
     "ResNetSeg",
     "STAGES",
     "build",
-    "caffe_adapter",
     "segmentation_module",
     "stage_blocks",
-    "upsample2",
 ]

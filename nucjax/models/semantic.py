@@ -84,8 +84,12 @@ def semantic_postprocess(logits: np.ndarray, *, target: str, activation: str, ev
     )
 
 
-def build_spec(module, config, *, stride: int) -> ModelSpec:
-    """The ModelSpec of a per-pixel network `module` (image -> logits) under `config`."""
+def build_spec(module, config, *, stride: int, axis_name: str | None) -> ModelSpec:
+    """The ModelSpec of a per-pixel network `module` (image -> logits) under `config`.
+
+    `module` must already use `axis_name` for its batch norm; the spec records it for the
+    trainer.
+    """
     m = config.model
     num_classes(m)
     kinds = dict(target=m.target, activation=m.output_activation)
@@ -99,6 +103,7 @@ def build_spec(module, config, *, stride: int) -> ModelSpec:
         foreground=functools.partial(foreground_probability, **kinds),
         postprocess=functools.partial(semantic_postprocess, eval_config=config.eval, **kinds),
         stride=stride,
+        axis_name=axis_name,
     )
 
 

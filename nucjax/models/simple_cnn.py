@@ -11,14 +11,7 @@ import flax.linen as nn
 import jax
 
 from nucjax.models import semantic
-
-ACTIVATIONS = {"sigmoid": nn.sigmoid, "relu": nn.relu, "elu": nn.elu}
-
-
-def activation(name: str):
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
+from nucjax.models.layers import KERAS_BN_MOMENTUM, activation, batch_norm
 
 
 class SimpleCNN(nn.Module):
@@ -28,24 +21,26 @@ class SimpleCNN(nn.Module):
     width: int = 64
     num_dense: int = 6
     hidden_activation: str = "sigmoid"
-    axis_name: str | None = "data"
+    axis_name: str | None = None
 
     @nn.compact
     def __call__(self, image: jax.Array, label: jax.Array | None = None, *, train: bool):
         del label
         act = activation(self.hidden_activation)
-        x = nn.BatchNorm(use_running_average=not train, axis_name=self.axis_name)(image)
+        x = batch_norm(train, self.axis_name, momentum=KERAS_BN_MOMENTUM)(image)
         for i in range(self.num_dense):
             x = act(nn.Conv(self.width, (1, 1), name=f"dense_{i}")(x))
         return nn.Conv(self.num_classes, (3, 3), name="output")(x)
 
 
-def build(config):
+def build(config, *, axis_name: str | None):
+    """The ModelSpec of the Simple CNN; batch norm synchronises over `axis_name` in training."""
     m = config.model
     module = SimpleCNN(
         num_classes=semantic.num_classes(m),
         width=m.width,
         num_dense=m.num_dense,
         hidden_activation=m.hidden_activation,
+        axis_name=axis_name,
     )
-    return semantic.build_spec(module, config, stride=1)
+    return semantic.build_spec(module, config, stride=1, axis_name=axis_name)

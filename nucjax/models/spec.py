@@ -55,6 +55,8 @@ class ModelSpec:
     foreground: eval outputs -> (B, H, W) float32 foreground probability, for pixel metrics.
     postprocess: (outputs of one image as numpy, no batch axis) -> Instances.
     stride: H and W given to the module must be multiples of this.
+    axis_name: the device axis batch norm synchronises over; nucjax.models.build sets it to
+        nucjax.parallel.AXIS. None: no batch norm synchronisation.
     prepare_variables: freshly initialised variables -> variables to train from (host-side;
         for example a pretrained backbone loaded from disk). Identity by default.
     frozen: params -> pytree of bools, True where a leaf is held fixed for the first
@@ -68,7 +70,7 @@ class ModelSpec:
     foreground: Callable[[Any], jax.Array]
     postprocess: Callable[[Any], Instances]
     stride: int = 1
-    axis_name: str | None = "data"
+    axis_name: str | None = None
     prepare_variables: Callable[[dict], dict] = dataclasses.field(default=lambda v: v)
     frozen: Callable[[Any], Any] | None = None
     tileable: bool = True

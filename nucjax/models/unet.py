@@ -13,28 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from nucjax.models import semantic
-from nucjax.models.simple_cnn import activation
-
-
-class UpConv2x2(nn.Module):
-    """A 2x2 stride-2 transposed convolution, (B, H, W, Cin) -> (B, 2H, 2W, features).
-
-    Written as one einsum and a reshape: each input pixel writes its own 2x2 output block, so
-    the result equals nn.ConvTranspose((2, 2), strides 2) with a flipped kernel, but its
-    backward pass is ~20x faster on CPU (../shared/STACK_NOTES.md).
-    """
-
-    features: int
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        b, h, w, c = x.shape
-        kernel = self.param(
-            "kernel", nn.initializers.lecun_normal(), (c, 2, 2, self.features), jnp.float32
-        )
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        y = jnp.einsum("bhwc,cijf->bhiwjf", x, kernel.astype(x.dtype))
-        return y.reshape(b, 2 * h, 2 * w, self.features) + bias
+from nucjax.models.layers import KERAS_BN_MOMENTUM, UpConv2x2, activation, batch_norm
 
 
 class ConvBlock(nn.Module):
@@ -44,7 +23,7 @@ class ConvBlock(nn.Module):
     act: str = "elu"
     dropout: float = 0.0
     batch_norm: bool = False
-    axis_name: str | None = "data"
+    axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -52,7 +31,7 @@ class ConvBlock(nn.Module):
         for i in range(2):
             x = nn.Conv(self.features, (3, 3), use_bias=not self.batch_norm)(x)
             if self.batch_norm:
-                x = nn.BatchNorm(use_running_average=not train, axis_name=self.axis_name)(x)
+                x = batch_norm(train, self.axis_name, momentum=KERAS_BN_MOMENTUM)(x)
             x = act(x)
             if i == 0 and self.dropout > 0:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
@@ -68,7 +47,7 @@ class UNet(nn.Module):
     act: str = "elu"
     dropout: tuple[float, ...] = (0.1, 0.1, 0.2, 0.2, 0.3)
     batch_norm: bool = False
-    axis_name: str | None = "data"
+    axis_name: str | None = None
 
     @nn.compact
     def __call__(self, image: jax.Array, label: jax.Array | None = None, *, train: bool):
@@ -96,7 +75,8 @@ class UNet(nn.Module):
         return nn.Conv(self.num_classes, (1, 1), name="output")(x)
 
 
-def build(config):
+def build(config, *, axis_name: str | None):
+    """The ModelSpec of the U-Net; batch norm (optional) synchronises over `axis_name`."""
     m = config.model
     module = UNet(
         num_classes=semantic.num_classes(m),
@@ -105,5 +85,6 @@ def build(config):
         act=m.hidden_activation,
         dropout=tuple(m.dropout),
         batch_norm=m.batch_norm,
+        axis_name=axis_name,
     )
-    return semantic.build_spec(module, config, stride=2 ** (m.depth - 1))
+    return semantic.build_spec(module, config, stride=2 ** (m.depth - 1), axis_name=axis_name)

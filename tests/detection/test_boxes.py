@@ -87,13 +87,3 @@ def test_nondegenerate():
     boxes = np.array([[0, 0, 2, 2], [0, 0, 0, 2], [0, 0, 1, 3], [np.nan, 0, 4, 4]], np.float32)
     np.testing.assert_array_equal(box_ops.nondegenerate(boxes), [True, False, True, False])
     np.testing.assert_array_equal(box_ops.nondegenerate(boxes, 1.0), [True, False, False, False])
-
-
-def test_masks_to_boxes_pixel_convention():
-    masks = np.zeros((3, 8, 10), bool)
-    masks[0, 2:5, 1:4] = True  # rows 2..4, cols 1..3
-    masks[1, 7, 9] = True  # the last pixel
-    boxes, valid = jax.jit(box_ops.masks_to_boxes)(masks)
-    np.testing.assert_array_equal(boxes, [[2, 1, 5, 4], [7, 9, 8, 10], [0, 0, 0, 0]])
-    np.testing.assert_array_equal(valid, [True, True, False])
-    assert area(boxes)[0] == masks[0].sum()

@@ -104,7 +104,9 @@ def test_matches_numpy_on_random_iou_under_vmap():
 def test_match_boxes_equals_match_on_the_iou_matrix():
     # Grid anchors and gt boxes centred between anchors give IoU ties, exact or up to float
     # rounding (mirror-image anchors of aspect ratio 0.5 and 2).
-    anchors, _ = anchor_ops.multilevel_anchors((64, 64), strides=(4, 8), sizes=(8.0, 16.0))
+    anchors, _ = anchor_ops.multilevel_anchors(
+        (64, 64), strides=(4, 8), sizes=(8.0, 16.0), aspect_ratios=(0.5, 1.0, 2.0)
+    )
     rng = np.random.default_rng(1)
     corner = rng.integers(0, 56, (10, 2)).astype(np.float32)
     gt = np.concatenate([corner, corner + rng.integers(3, 20, (10, 2))], 1).astype(np.float32)

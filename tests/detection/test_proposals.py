@@ -43,7 +43,9 @@ def numpy_proposals(anchors, logits, deltas, counts, shape, pre, post, threshold
 
 def test_matches_numpy_reference():
     shape = (48, 64)
-    anchors, counts = anchor_ops.multilevel_anchors(shape, strides=(8, 16), sizes=(16.0, 32.0))
+    anchors, counts = anchor_ops.multilevel_anchors(
+        shape, strides=(8, 16), sizes=(16.0, 32.0), aspect_ratios=(0.5, 1.0, 2.0)
+    )
     rng = np.random.default_rng(0)
     logits = rng.normal(size=len(anchors)).astype(np.float32)
     deltas = (0.3 * rng.normal(size=(len(anchors), 4))).astype(np.float32)
@@ -66,7 +68,9 @@ def test_matches_numpy_reference():
 
 def test_vmap_with_per_image_true_size():
     shape = (32, 32)
-    anchors, counts = anchor_ops.multilevel_anchors(shape, strides=(8,), sizes=(16.0,))
+    anchors, counts = anchor_ops.multilevel_anchors(
+        shape, strides=(8,), sizes=(16.0,), aspect_ratios=(0.5, 1.0, 2.0)
+    )
     rng = np.random.default_rng(1)
     logits = rng.normal(size=(2, len(anchors))).astype(np.float32)
     deltas = np.zeros((2, len(anchors), 4), np.float32)
@@ -74,7 +78,14 @@ def test_vmap_with_per_image_true_size():
 
     def run(logit, delta, size):
         return proposals.generate_proposals(
-            anchors, logit, delta, counts, size, pre_nms_top_k=16, post_nms_top_k=16
+            anchors,
+            logit,
+            delta,
+            counts,
+            size,
+            pre_nms_top_k=16,
+            post_nms_top_k=16,
+            nms_threshold=0.7,
         )
 
     boxes, _, valid = jax.jit(jax.vmap(run))(logits, deltas, sizes)

@@ -48,11 +48,14 @@ def test_mask_targets_on_hand_mask():
 
 
 def test_rpn_targets():
-    anchors, _ = anchor_ops.multilevel_anchors((64, 64), strides=(4, 8), sizes=(8.0, 16.0))
+    anchors, _ = anchor_ops.multilevel_anchors(
+        (64, 64), strides=(4, 8), sizes=(8.0, 16.0), aspect_ratios=(0.5, 1.0, 2.0)
+    )
     gt = np.array([[10, 10, 26, 26], [40, 36, 48, 44], [0, 0, 0, 0]], np.float32)
     gt_valid = np.array([True, True, False])
     # Two images under vmap (anchors shared): this gt, and the same gt all padding.
-    make = jax.jit(jax.vmap(targets.rpn_targets, in_axes=(0, None, None, 0)))
+    rpn_targets = functools.partial(targets.rpn_targets, num_samples=256, positive_fraction=0.5)
+    make = jax.jit(jax.vmap(rpn_targets, in_axes=(0, None, None, 0)))
     keys = jax.random.split(jax.random.key(0), 2)
     both = make(keys, anchors, gt, np.stack([gt_valid, np.zeros(3, bool)]))
     out = jax.tree.map(lambda x: x[0], both)
@@ -106,7 +109,9 @@ def test_label_to_losses_pipeline_under_jit_and_vmap():
     label[0, 4:12, 4:14] = 1
     label[0, 18:28, 16:24] = 2
     label[1, 10:20, 10:20] = 3  # second image: one nucleus, id 3
-    anchors, _ = anchor_ops.multilevel_anchors((32, 32), strides=(4, 8), sizes=(8.0, 16.0))
+    anchors, _ = anchor_ops.multilevel_anchors(
+        (32, 32), strides=(4, 8), sizes=(8.0, 16.0), aspect_ratios=(0.5, 1.0, 2.0)
+    )
     rng = np.random.default_rng(0)
     predictions = {
         "rpn_logits": rng.normal(size=(2, len(anchors))).astype(np.float32),
@@ -120,7 +125,7 @@ def test_label_to_losses_pipeline_under_jit_and_vmap():
     def one_image(key, label, pred):
         key_rpn, key_roi = jax.random.split(key)
         gt_boxes, gt_valid = targets.instance_boxes(label, 4)
-        rpn = targets.rpn_targets(key_rpn, anchors, gt_boxes, gt_valid)
+        rpn = targets.rpn_targets(key_rpn, anchors, gt_boxes, gt_valid, 256, 0.5)
         valid = np.ones(8, bool)
         roi = targets.roi_targets(key_roi, pred["proposals"], valid, gt_boxes, gt_valid, 16, 0.25)
         head = slice(0, sampling.max_positives(16, 0.25))  # every positive lies in this prefix

@@ -1,4 +1,4 @@
-"""Keras ResNet weights -> orbax backbone checkpoint -> a model's backbone (keras_import)."""
+"""Keras ResNet weights -> orbax checkpoint (keras_import) -> a model's backbone (pretrained)."""
 
 import functools
 import glob
@@ -9,11 +9,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import pytest
 
-from nucjax import optim
-from nucjax.models import keras_import, resnet
+from nucjax.models import keras_import, layers, pretrained, resnet
 
 keras = pytest.importorskip("keras")
 pytestmark = [
@@ -109,7 +107,7 @@ def resnet50(tmp_path_factory):
 
 def test_imported_resnet50_gives_keras_features_at_every_stage(resnet50):
     model, _, checkpoint = resnet50
-    state, meta = keras_import.read_backbone(checkpoint)
+    state, meta = pretrained.read_backbone(checkpoint)
     assert (meta["depth"], meta["width"]) == (50, 64)
     assert_backbone_matches_keras(state, model, seed=1)
 
@@ -118,7 +116,7 @@ def test_caffe_adapter_agrees_with_keras_preprocess_input():
     normalised = np.random.default_rng(2).normal(size=(1, 8, 8, 3)).astype(np.float32)
     pixels = np.clip(normalised * 64 + 128, 0, 255)
     want = keras.applications.resnet.preprocess_input(pixels.copy())
-    np.testing.assert_allclose(resnet.caffe_adapter(jnp.asarray(normalised)), want, atol=1e-4)
+    np.testing.assert_allclose(layers.caffe_adapter(jnp.asarray(normalised)), want, atol=1e-4)
 
 
 def test_load_pretrained_fills_the_backbone_keeps_the_head_and_reports_counts(resnet50):
@@ -126,7 +124,7 @@ def test_load_pretrained_fills_the_backbone_keeps_the_head_and_reports_counts(re
     module = resnet.ResNetSeg(num_classes=3, depth=50, width=64)
     fresh = zeros_variables(module, (1, 64, 64, 3))
     fresh["params"]["logits"]["bias"] = np.full(3, 7.0, np.float32)
-    variables, report = keras_import.load_pretrained(checkpoint, fresh)
+    variables, report = pretrained.load_pretrained(checkpoint, fresh)
     assert report.loaded_params == RESNET50_TRAINABLE
     assert report.loaded_batch_stats == RESNET50_STATISTICS
     total = sum(x.size for x in jax.tree.leaves(fresh["params"]))
@@ -151,13 +149,13 @@ def test_load_pretrained_fills_the_backbone_keeps_the_head_and_reports_counts(re
 )
 def test_a_checkpoint_that_does_not_fit_names_the_layer(resnet50, depth, width, match):
     module = resnet.ResNetSeg(num_classes=3, depth=depth, width=width)
-    with pytest.raises(keras_import.PretrainedMismatch, match=match):
-        keras_import.load_pretrained(resnet50[2], zeros_variables(module, (1, 64, 64, 3)))
+    with pytest.raises(pretrained.PretrainedMismatch, match=match):
+        pretrained.load_pretrained(resnet50[2], zeros_variables(module, (1, 64, 64, 3)))
 
 
 def test_a_model_without_backbone_cannot_take_pretrained_weights(resnet50):
-    with pytest.raises(keras_import.PretrainedMismatch, match="no 'backbone'"):
-        keras_import.load_pretrained(resnet50[2], {"params": {"conv": {}}})
+    with pytest.raises(pretrained.PretrainedMismatch, match="no 'backbone'"):
+        pretrained.load_pretrained(resnet50[2], {"params": {"conv": {}}})
 
 
 def _damaged_copy(checkpoint: str, folder, how: str) -> str:
@@ -182,15 +180,15 @@ def _damaged_copy(checkpoint: str, folder, how: str) -> str:
 )
 def test_a_damaged_checkpoint_fails_clearly(resnet50, tmp_path, how, match):
     path = _damaged_copy(resnet50[2], tmp_path, how)
-    with pytest.raises(keras_import.PretrainedMismatch, match=match):
-        keras_import.read_backbone(path)
+    with pytest.raises(pretrained.PretrainedMismatch, match=match):
+        pretrained.read_backbone(path)
     with pytest.raises(FileNotFoundError):
-        keras_import.read_backbone(str(tmp_path / "absent"))
+        pretrained.read_backbone(str(tmp_path / "absent"))
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning:keras.*")  # per layer that did not load
 def test_a_keras_file_for_another_depth_is_refused(resnet50, tmp_path):
-    with pytest.raises(keras_import.PretrainedMismatch, match="ResNet101.*conv4_block7"):
+    with pytest.raises(pretrained.PretrainedMismatch, match="ResNet101.*conv4_block7"):
         keras_import.convert(101, str(tmp_path / "out"), resnet50[1])
     assert not os.path.exists(tmp_path / "out")
 
@@ -198,30 +196,13 @@ def test_a_keras_file_for_another_depth_is_refused(resnet50, tmp_path):
 def test_maybe_load_pretrained_is_identity_without_a_path_and_loads_with_one(resnet50):
     config = ml_collections.ConfigDict({"model": {"name": "unet"}})
     variables = {"params": {"conv": {"kernel": np.ones(3)}}}
-    assert keras_import.maybe_load_pretrained(config, variables) is variables
+    assert pretrained.maybe_load_pretrained(config, variables) is variables
     config.model.pretrained = ""
-    assert keras_import.maybe_load_pretrained(config, variables) is variables
+    assert pretrained.maybe_load_pretrained(config, variables) is variables
     config.model.pretrained = resnet50[2]
     fresh = zeros_variables(resnet.ResNetSeg(num_classes=1, depth=50), (1, 32, 32, 3))
-    loaded = keras_import.maybe_load_pretrained(config, fresh)
+    loaded = pretrained.maybe_load_pretrained(config, fresh)
     assert np.any(loaded["params"]["backbone"]["conv1_conv"]["kernel"] != 0)
-
-
-def test_backbone_mask_freezes_only_the_backbone_for_the_first_steps():
-    params = {
-        "backbone": {"conv1_conv": {"kernel": jnp.ones((2, 2))}},
-        "logits": {"bias": jnp.ones(2)},
-    }
-    mask = keras_import.backbone_mask(params)
-    assert mask == {"backbone": {"conv1_conv": {"kernel": True}}, "logits": {"bias": False}}
-    tx = optax.chain(optim.freeze_until(1, keras_import.backbone_mask), optax.sgd(1.0))
-    state = tx.init(params)
-    grads = jax.tree.map(jnp.ones_like, params)
-    first, state = tx.update(grads, state, params)
-    second, _ = tx.update(grads, state, params)
-    assert np.all(first["backbone"]["conv1_conv"]["kernel"] == 0)
-    assert np.all(first["logits"]["bias"] == -1)
-    assert np.all(second["backbone"]["conv1_conv"]["kernel"] == -1)
 
 
 def test_infer_depth_tells_basic_from_bottleneck_blocks():
@@ -237,6 +218,6 @@ def test_imported_resnet152_gives_keras_features(tmp_path):
     weights = str(tmp_path / "resnet152.weights.h5")
     model.save_weights(weights)
     checkpoint = keras_import.convert(152, str(tmp_path / "backbone"), weights)
-    state, meta = keras_import.read_backbone(checkpoint)
+    state, meta = pretrained.read_backbone(checkpoint)
     assert meta["depth"] == 152
     assert_backbone_matches_keras(state, model, seed=4)

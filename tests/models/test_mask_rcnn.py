@@ -10,14 +10,21 @@ from configs import mask_rcnn as mask_rcnn_config
 from nucjax import metrics, models, parallel, train
 from nucjax.data.pipeline import normalize_image
 from nucjax.data.synthetic import synthetic_example
-from nucjax.detection import anchors, inference
-from nucjax.models import fpn, mask_rcnn, mask_rcnn_heads
+from nucjax.detection import anchors, decoding
+from nucjax.models import fpn, layers, mask_rcnn, mask_rcnn_heads
 
 OVERFIT_STEPS = 300
 
 
 def tiny_config():
     return mask_rcnn_config.get_config("tiny")
+
+
+def eval_config(min_size: int = 0, fill_holes: bool = False):
+    """The tiny config's post-processing settings, by default without any cleaning."""
+    ev = tiny_config().eval
+    ev.min_size, ev.fill_holes = min_size, fill_holes
+    return ev
 
 
 def synthetic_batch(seed: int, count: int, size: int = 64, **nuclei) -> dict[str, np.ndarray]:
@@ -43,9 +50,10 @@ def test_pyramid_levels_halve_for_both_backbones():
 
         shapes = [p.shape for p in jax.eval_shape(run, image)]
         # P6 of a 64-pixel side is ceil(64 / 64) = 1, as anchors.feature_shapes counts it.
-        assert shapes == [(2, h, w, 16) for h, w in anchors.feature_shapes((64, 96))], kind
+        grid = anchors.feature_shapes((64, 96), fpn.level_strides(5))
+        assert shapes == [(2, h, w, 16) for h, w in grid], kind
     with pytest.raises(ValueError, match="multiples of 32"):
-        fpn.check_image_shape((1, 48, 64, 3))
+        layers.check_image_shape((1, 48, 64, 3), fpn.STRIDE, "Mask R-CNN")
 
 
 def test_training_outputs_and_targets_have_static_shapes():
@@ -68,7 +76,9 @@ def test_training_outputs_and_targets_have_static_shapes():
         )[0],
         variables,
     )
-    num_anchors = anchors.multilevel_anchors((64, 64), s.strides, s.anchor_sizes)[0].shape[0]
+    num_anchors = anchors.multilevel_anchors((64, 64), s.strides, s.anchor_sizes, s.aspect_ratios)[
+        0
+    ].shape[0]
     assert num_anchors == 3 * (16 * 16 + 8 * 8 + 4 * 4 + 2 * 2 + 1)
     assert out["rpn"]["logits"].shape == (2, num_anchors)
     assert out["rpn"]["deltas"].shape == (2, num_anchors, 4)
@@ -77,6 +87,7 @@ def test_training_outputs_and_targets_have_static_shapes():
     assert out["box"]["deltas"].shape == (2, s.roi_samples, 4)
     assert out["box"]["targets"].rois.shape == (2, s.roi_samples, 4)
     assert s.mask_slots == config.model.mask_rois == 16
+    assert (s.max_detections, s.max_instances) == (config.eval.max_detections, 64)
     assert out["mask"]["logits"].shape == (2, 16, 28, 28)
     assert out["mask"]["targets"].shape == (2, 16, 28, 28)
     assert out["mask"]["positive"].shape == (2, 16)
@@ -143,12 +154,12 @@ def test_eval_outputs_and_postprocess_give_non_overlapping_instances(overfit):
     valid = outputs["valid"]
     assert np.all(outputs["scores"][valid] > spec.module.settings.score_threshold)
     one = jax.tree.map(lambda x: x[0], outputs)
-    instances = spec.postprocess(one)
+    instances = mask_rcnn.postprocess(one, eval_config=eval_config())
     k = len(instances.scores)
     assert instances.label.shape == (64, 64) and k > 0
     assert set(np.unique(instances.label)) == set(range(k + 1))
     assert np.all(np.diff(instances.scores) <= 0)  # ids in descending score order
-    # The label image is the foreground map thresholded, split between the detections.
+    # Uncleaned, the label image is the foreground map thresholded, split between detections.
     np.testing.assert_array_equal(instances.label > 0, one["foreground"] >= 0.5)
 
 
@@ -162,12 +173,32 @@ def test_postprocess_gives_an_overlap_to_the_higher_score():
         "valid": np.array([True, True, False]),
         "foreground": np.zeros((16, 16), np.float32),
     }
-    instances = mask_rcnn.postprocess(outputs)
+    instances = mask_rcnn.postprocess(outputs, eval_config=eval_config())
     want = np.zeros((16, 16), np.int32)
     want[0:10, 0:10] = 2
     want[5:15, 5:15] = 1  # score 0.9 takes the overlap and gets id 1
     np.testing.assert_array_equal(instances.label, want)
     np.testing.assert_allclose(instances.scores, [0.9, 0.6])
+
+
+def test_postprocess_fills_holes_drops_small_nuclei_and_keeps_their_scores():
+    masks = np.ones((3, 28, 28), np.float32)
+    masks[0, 10:18, 10:18] = 0.0  # a hole in the middle of nucleus 0
+    boxes = np.array([[0, 0, 12, 12], [20, 20, 23, 23], [0, 20, 10, 30]], np.float32)
+    outputs = {
+        "masks": masks,
+        "boxes": boxes,
+        "scores": np.array([0.9, 0.95, 0.5], np.float32),  # the 9-pixel nucleus scores best
+        "valid": np.ones(3, bool),
+        "foreground": np.zeros((32, 32), np.float32),
+    }
+    raw = mask_rcnn.postprocess(outputs, eval_config=eval_config())
+    np.testing.assert_allclose(raw.scores, [0.95, 0.9, 0.5])
+    assert raw.label[6, 6] == 0 and raw.label[21, 21] == 1
+    cleaned = mask_rcnn.postprocess(outputs, eval_config=eval_config(10, fill_holes=True))
+    np.testing.assert_allclose(cleaned.scores, [0.9, 0.5])  # ids 1, 2: nuclei 0 and 2
+    assert cleaned.label[6, 6] == 1 and cleaned.label[21, 21] == 0
+    np.testing.assert_array_equal(cleaned.label[raw.label == 3], 2)
 
 
 def test_foreground_map_is_the_maximum_of_the_pasted_masks():
@@ -177,7 +208,7 @@ def test_foreground_map_is_the_maximum_of_the_pasted_masks():
     boxes = np.concatenate([corner, corner + rng.uniform(3, 16, (7, 2))], 1).astype(np.float32)
     valid = np.array([1, 1, 0, 1, 1, 1, 0], bool)
     got = jax.jit(lambda *a: mask_rcnn.foreground_map(*a, (32, 40), chunk=3))(masks, boxes, valid)
-    want = np.max(np.asarray(inference.paste_masks(masks, boxes, valid, (32, 40))), axis=0)
+    want = np.max(np.asarray(decoding.paste_masks(masks, boxes, valid, (32, 40))), axis=0)
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 

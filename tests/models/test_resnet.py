@@ -54,21 +54,6 @@ def test_resnet50_has_exactly_the_keras_parameter_count():
     assert _num(variables["batch_stats"]) == 53_120
 
 
-def test_caffe_adapter_maps_normalised_rgb_to_bgr_pixels_minus_imagenet_mean():
-    image = np.zeros((1, 1, 2, 3), np.float32)
-    image[0, 0, 1] = [1.0, -10.0, 0.5]  # red one std above, green far below, blue half a std
-    out = np.asarray(resnet.caffe_adapter(jnp.asarray(image)))
-    mean_bgr = np.array([103.939, 116.779, 123.68])
-    np.testing.assert_allclose(out[0, 0, 0], 128.0 - mean_bgr, rtol=1e-6)
-    np.testing.assert_allclose(out[0, 0, 1], [160.0, 0.0, 192.0] - mean_bgr, rtol=1e-6)
-
-
-def test_upsample2_is_nearest_neighbour():
-    x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
-    expected = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
-    np.testing.assert_array_equal(np.asarray(resnet.upsample2(jnp.asarray(x))), expected)
-
-
 def test_bad_sizes_depths_and_adapters_fail_clearly():
     with pytest.raises(ValueError, match="multiples of 32"):
         module = resnet.ResNetSeg(num_classes=1, depth=18, width=4, decoder_width=8)
@@ -135,12 +120,3 @@ def test_batch_norm_statistics_over_4_devices_equal_those_of_one_batch(tiny_spec
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     before = jax.tree.leaves(variables["batch_stats"])
     assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(single), before, strict=True))
-
-
-def test_quick_and_paper_variants():
-    paper = resnet_config.get_config("paper")
-    assert paper.model.depth == 152 and paper.model.width == 64
-    assert (paper.optim.name, paper.optim.learning_rate) == ("adadelta", 0.1)
-    assert (paper.train.batch_size, paper.train.num_epochs) == (10, 40)
-    quick = resnet_config.get_config("quick")
-    assert quick.model.depth in (18, 34) and quick.data.crop_size % 32 == 0

@@ -1,9 +1,9 @@
-"""Detections, mask pasting (round trip, numpy reference) and overlap resolution by hand."""
+"""Detections, mask pasting (round trip, numpy reference) and non-overlapping instances."""
 
 import jax
 import numpy as np
 
-from nucjax.detection import inference
+from nucjax.detection import decoding
 
 
 def numpy_paste(mask, box, shape):
@@ -23,7 +23,7 @@ def numpy_paste(mask, box, shape):
     return out
 
 
-paste = jax.jit(inference.paste_masks, static_argnums=3)
+paste = jax.jit(decoding.paste_masks, static_argnums=3)
 
 
 def test_paste_round_trip_of_a_box_filling_mask():
@@ -49,28 +49,7 @@ def test_paste_matches_numpy_reference():
     np.testing.assert_array_equal(got[1], 0.0)
 
 
-def test_resolve_overlaps_by_hand():
-    pasted = np.zeros((3, 4, 6), np.float32)
-    pasted[0, 0:3, 0:4] = 0.9  # score 0.6
-    pasted[1, 1:4, 2:6] = 0.7  # score 0.9: wins the overlap rows 1..2, cols 2..3
-    pasted[2, :, :] = 0.8  # invalid: ignored
-    scores = np.array([0.6, 0.9, 1.0], np.float32)
-    label, out_scores = jax.jit(inference.resolve_overlaps)(
-        pasted, scores, np.array([1, 1, 0], bool)
-    )
-    want = np.array(
-        [
-            [1, 1, 1, 1, 0, 0],
-            [1, 1, 2, 2, 2, 2],
-            [1, 1, 2, 2, 2, 2],
-            [0, 0, 2, 2, 2, 2],
-        ]
-    )
-    np.testing.assert_array_equal(label, want)
-    np.testing.assert_allclose(out_scores, [0.6, 0.9, 0.0])
-
-
-def test_instances_from_detections_equals_jax_path():
+def test_instances_from_detections_gives_each_pixel_to_the_best_covering_detection():
     rng = np.random.default_rng(1)
     n, shape = 12, (40, 48)
     centre = rng.uniform(0, 44, (n, 2))
@@ -79,11 +58,14 @@ def test_instances_from_detections_equals_jax_path():
     masks = rng.uniform(size=(n, 7, 7)).astype(np.float32)
     scores = rng.uniform(size=n).astype(np.float32)
     valid = rng.uniform(size=n) < 0.8
-    pasted = paste(masks, boxes, valid, shape)
-    label, _ = jax.jit(inference.resolve_overlaps)(pasted, scores, valid)
-    label = np.asarray(label)
-    got_label, got_scores = inference.instances_from_detections(masks, boxes, scores, valid, shape)
-    # Compact the jax labels: ids in descending score, detections without pixels dropped.
+    # Reference: on all pasted masks at once, the best-scoring valid detection >= 0.5 wins.
+    covered = (np.asarray(paste(masks, boxes, valid, shape)) >= 0.5) & valid[:, None, None]
+    winner = np.argmax(np.where(covered, scores[:, None, None], -np.inf), axis=0)
+    label = np.where(covered.any(axis=0), winner + 1, 0)
+    got_label, got_scores = decoding.instances_from_detections(
+        masks, boxes, scores, valid, shape, 0.5
+    )
+    # Compact the reference labels: ids in descending score, detections without pixels dropped.
     present = [d for d in np.argsort(-scores, kind="stable") if (label == d + 1).any()]
     want = np.zeros_like(label)
     for new_id, d in enumerate(present, start=1):
@@ -100,7 +82,7 @@ def test_select_detections_threshold_nms_cap():
     )
     scores = np.array([0.9, 0.8, 0.04, 0.7, 0.95], np.float32)
     valid = np.array([True, True, True, True, True])  # the last box is degenerate
-    select = jax.jit(inference.select_detections, static_argnums=(3, 4, 5))
+    select = jax.jit(decoding.select_detections, static_argnums=(3, 4, 5))
     out = select(boxes, scores, valid, 0.05, 0.5, 4)
     np.testing.assert_array_equal(out.index, [0, 3, 0, 0])
     np.testing.assert_array_equal(out.valid, [True, True, False, False])
@@ -114,10 +96,10 @@ def test_box_head_detections_decode_and_score():
     rois = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
     logits = np.array([[0.0, 2.0], [1.0, 0.0]], np.float32)
     deltas = np.array([[0, 0, 0, 0], [0, 0, 0, 0]], np.float32)
-    run = jax.jit(inference.box_head_detections, static_argnums=4)
-    out = run(rois, np.ones(2, bool), logits, deltas, (32, 32))
+    run = jax.jit(decoding.box_head_detections, static_argnums=(4, 5, 6, 7))
+    out = run(rois, np.ones(2, bool), logits, deltas, (32, 32), 0.05, 0.5, 10)
     np.testing.assert_allclose(out.boxes[0], rois[0])
     np.testing.assert_allclose(
         out.scores[:2], [1 / (1 + np.exp(-2)), 1 / (1 + np.exp(1))], rtol=1e-5
     )
-    assert out.boxes.shape == (inference.MAX_DETECTIONS, 4)
+    assert out.boxes.shape == (10, 4)

@@ -1,4 +1,4 @@
-"""Inference post-processing: detections, mask pasting, and non-overlapping instance labels.
+"""Decoding Mask R-CNN outputs: box-head outputs -> detections, masks -> instance labels.
 
 Boxes are float32 [y0, x0, y1, x1] in pixel coordinates of the (padded) input image, continuous
 coordinates where pixel (i, j) covers [i, i+1) x [j, j+1): pixel (i, j) has its centre at
@@ -25,11 +25,6 @@ import numpy as np
 from nucjax.detection import box_coding, nms
 from nucjax.detection import boxes as box_ops
 
-SCORE_THRESHOLD = 0.05  # detectron2's test-time box score threshold
-NMS_THRESHOLD = 0.5
-MAX_DETECTIONS = 1000  # the most nuclei in one DSB 2018 image is 375
-MASK_THRESHOLD = 0.5
-
 
 class Detections(NamedTuple):
     """D = max_detections detections, in descending score order, padded.
@@ -48,9 +43,9 @@ def select_detections(
     boxes: jax.Array,
     scores: jax.Array,
     valid: jax.Array,
-    score_threshold: float = SCORE_THRESHOLD,
-    iou_threshold: float = NMS_THRESHOLD,
-    max_detections: int = MAX_DETECTIONS,
+    score_threshold: float,
+    iou_threshold: float,
+    max_detections: int,
 ) -> Detections:
     """Score threshold (score > threshold), class-agnostic NMS, cap at max_detections.
 
@@ -74,9 +69,9 @@ def box_head_detections(
     class_logits: jax.Array,
     box_deltas: jax.Array,
     image_shape,
-    score_threshold: float = SCORE_THRESHOLD,
-    iou_threshold: float = NMS_THRESHOLD,
-    max_detections: int = MAX_DETECTIONS,
+    score_threshold: float,
+    iou_threshold: float,
+    max_detections: int,
     weights: Sequence[float] = box_coding.ROI_BOX_WEIGHTS,
 ) -> Detections:
     """Box-head outputs -> final detections of one image.
@@ -122,37 +117,20 @@ def paste_masks(
     return jnp.where(jnp.asarray(valid, bool)[:, None, None], pasted, 0.0)
 
 
-def resolve_overlaps(
-    pasted: jax.Array, scores: jax.Array, valid: jax.Array, threshold: float = MASK_THRESHOLD
-) -> tuple[jax.Array, jax.Array]:
-    """Non-overlapping label image from pasted mask probabilities.
-
-    pasted: (N, H, W) float; scores: (N,) float; valid: (N,) bool. A pixel belongs to the
-    highest-scoring valid detection whose mask is >= threshold there (ties: lower index).
-    Returns label (H, W) int32, detection n -> n + 1, 0 background (a detection may end up
-    with no pixel), and scores (N,) float32, 0 for invalid detections.
-    """
-    covered = (pasted >= threshold) & jnp.asarray(valid, bool)[:, None, None]
-    scores = jnp.where(jnp.asarray(valid, bool), jnp.asarray(scores, jnp.float32), 0.0)
-    priority = jnp.where(covered, scores[:, None, None], -jnp.inf)
-    winner = jnp.argmax(priority, axis=0)
-    label = jnp.where(jnp.any(covered, axis=0), winner + 1, 0).astype(jnp.int32)
-    return label, scores
-
-
 def instances_from_detections(
     masks: np.ndarray,
     boxes: np.ndarray,
     scores: np.ndarray,
     valid: np.ndarray,
     image_shape: Sequence[int],
-    threshold: float = MASK_THRESHOLD,
+    threshold: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """numpy, box by box: paste_masks + resolve_overlaps + compact labels, in O(H * W) memory.
+    """Non-overlapping instances from detections: numpy, box by box, in O(H * W) memory.
 
     masks: (N, M, M) probabilities; boxes: (N, 4) pixels; scores, valid: (N,); image_shape
-    (H, W). Detections are visited in descending score (stable), each claiming its
-    thresholded pixels not already claimed, which is resolve_overlaps' rule. Returns label
+    (H, W). Detections are visited in descending score (stable), each claiming the pixels of
+    its pasted mask (paste_masks) that are >= threshold and not already claimed: a pixel goes
+    to the highest-scoring detection that covers it. Returns label
     (H, W) int32 with ids 1..K in descending score order (detections left with no pixel are
     dropped) and scores (K,) float32: the nucjax.models.spec.Instances contract.
     """
