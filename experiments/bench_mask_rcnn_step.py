@@ -38,7 +38,7 @@ FLAGS = flags.FLAGS
 def synthetic_batch(batch: int, size: int):
     import numpy as np
 
-    from nucjax.data.pipeline import normalize_image
+    from nucjax.data.images import normalize_image
     from nucjax.data.synthetic import synthetic_example
 
     rng = np.random.default_rng(0)

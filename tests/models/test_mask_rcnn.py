@@ -8,7 +8,7 @@ import pytest
 
 from configs import mask_rcnn as mask_rcnn_config
 from nucjax import metrics, models, parallel, train
-from nucjax.data.pipeline import normalize_image
+from nucjax.data.images import normalize_image
 from nucjax.data.synthetic import synthetic_example
 from nucjax.detection import anchors, decoding
 from nucjax.models import fpn, layers, mask_rcnn, mask_rcnn_heads
