@@ -85,42 +85,6 @@ def test_freeze_until_holds_frozen_leaves_then_releases():
     assert moved == [(0.0, -1.0), (0.0, -1.0), (-1.0, -1.0)]
 
 
-def _one_step(config, devices, batch):
-    spec = models.build(config)
-    mesh = parallel.make_mesh(devices)
-    tx = optim.make_optimizer(config.optim, 10)
-    state = train.init_state(spec, tx, config, mesh)
-    step = train.make_train_step(spec, tx, mesh)
-    state, sums = step(state, parallel.shard_batch(batch, mesh))
-    return train.means(sums), train.numpy_params(state), jax.device_get(state.batch_stats)
-
-
-def test_one_and_four_devices_agree():
-    """Same global batch: same loss, same updated parameters and synchronised BN statistics.
-
-    Simple CNN: its first layer is batch norm, so the statistics must be global to agree.
-    """
-    config = simple_cnn.get_config("tiny")
-    config.model.dropout = ()  # dropout keys differ per device by design
-    # SGD: the update is linear in the gradient (Adam's first step is ~lr * sign(g), which
-    # would turn float noise in near-zero gradients into lr-sized differences).
-    config.optim.name, config.optim.learning_rate, config.optim.momentum = "sgd", 0.5, 0.0
-    batch = next(pipeline.train_batches(config.data, batch_size=4, seed=0, start_step=0))
-    # Unlabelled pixels in one image only: per-device counts differ, the global mean must not.
-    batch = {k: np.array(v) for k, v in batch.items()}
-    batch["label"][0, :20] = -1
-    one = _one_step(config, jax.devices()[:1], batch)
-    four = _one_step(config, jax.devices()[:4], batch)
-    assert len(jax.devices()) >= 4
-    assert one[0]["loss"] == pytest.approx(four[0]["loss"], rel=1e-5)
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), one[1], four[1]
-    )
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), one[2], four[2]
-    )
-
-
 def test_batch_size_not_divisible_is_a_clear_error(tmp_path):
     config = tiny(unet, batch_size=6)
     with pytest.raises(ValueError, match="batch_size=6 is not divisible by the 4 devices"):
