@@ -32,13 +32,20 @@ def _binary(label, blur=1.0):
     return ndimage.gaussian_filter((label > 0).astype(np.float32), blur)
 
 
-def _check_labelling(instances, shape):
+def _foreground(kind, label):
+    """The foreground probability map _decode hands the decoder for `label`."""
+    return 1.0 - _three_class(label)[..., 0] if kind == "three_class" else _binary(label)
+
+
+def _check_labelling(instances, foreground_prob):
     label = instances.label
-    assert label.shape == shape and label.dtype == np.int32
+    assert label.shape == foreground_prob.shape and label.dtype == np.int32
     n = int(label.max())
     np.testing.assert_array_equal(np.unique(label), np.arange(n + 1))  # sequential 0..N
     assert instances.scores.shape == (n,) and instances.scores.dtype == np.float32
-    assert np.all((instances.scores > 0) & (instances.scores <= 1))
+    # A nucleus's score is the mean foreground probability over its own pixels.
+    want = ndimage.mean(foreground_prob, label, np.arange(1, n + 1))
+    np.testing.assert_allclose(instances.scores, want, rtol=1e-5)
 
 
 def _decode(kind, label, **overrides):
@@ -56,7 +63,7 @@ def test_touching_discs_split_into_two(kind):
     # The discs touch along a 14-pixel-wide contact: one connected foreground component.
     assert ndimage.label(truth > 0)[1] == 1
     instances = _decode(kind, truth)
-    _check_labelling(instances, truth.shape)
+    _check_labelling(instances, _foreground(kind, truth))
     assert instances.label.max() == 2
     iou = metrics.iou_matrix(truth, instances.label)
     assert np.all(iou.max(1) > 0.8), iou
@@ -142,7 +149,7 @@ def test_crowded_random_discs_decode_well():
     truth = _crowded_discs(np.random.default_rng(0))
     for kind in ("three_class", "binary"):
         inst = _decode(kind, truth)
-        _check_labelling(inst, truth.shape)
+        _check_labelling(inst, _foreground(kind, truth))
         result = metrics.evaluate_instances([truth], [inst.label])
         assert result["f1@0.50"] > 0.9 and result["dsb_score"] > 0.7, (kind, result)
 

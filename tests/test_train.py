@@ -112,16 +112,6 @@ def test_freeze_until_holds_frozen_leaves_then_releases():
     assert moved == [(0.0, -1.0), (0.0, -1.0), (-1.0, -1.0)]
 
 
-def _one_step(config, devices, batch):
-    spec = models.build(config)
-    mesh = parallel.make_mesh(devices)
-    tx = optim.make_optimizer(config.optim, 10)
-    state = train.init_state(spec, tx, config, mesh)
-    step = train.make_train_step(spec, tx, mesh)
-    state, sums = step(state, parallel.shard_batch(batch, mesh))
-    return train.means(sums), train.numpy_params(state), jax.device_get(state.batch_stats)
-
-
 def test_batch_size_not_divisible_is_a_clear_error(tmp_path):
     config = tiny(unet, batch_size=6)
     with pytest.raises(ValueError, match="batch_size=6 is not divisible by the 4 devices"):
