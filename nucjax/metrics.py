@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nucjax.postprocess import relabel_sequential
+
 # IoU thresholds of the DSB 2018 score: 0.50, 0.55, ..., 0.95 (= k / 20, k = 10..19).
 IOU_THRESHOLDS = np.round(np.arange(10, 20) / 20, 2)
 # The Keras U-Net starter's thresholds on the probability map: np.arange(0.5, 1.0, 0.05).
@@ -68,24 +70,9 @@ def pixel_sums(
 
 
 def _compact(label: np.ndarray) -> tuple[np.ndarray, int]:
-    """Ids 0, a < b < ... -> 0, 1, 2, ... (same order), and the number of nuclei."""
-    label = label.astype(np.int64, copy=False)
-    if label.size == 0:
-        return label, 0
-    if label.min() < 0:
-        raise ValueError("predicted labels must be >= 0")
-    top = int(label.max())
-    if top <= max(4 * label.size, 1 << 16):  # a lookup table: linear time, no sort
-        present = np.bincount(label, minlength=top + 1) > 0
-        if present[1:].all():  # already 1..N, the usual case: nothing to do
-            return label, top
-        present[0] = False
-        lut = np.zeros(top + 1, np.int64)
-        lut[present] = np.arange(1, int(present.sum()) + 1)
-        return lut[label], int(present.sum())
-    ids, inverse = np.unique(label, return_inverse=True)
-    inverse = inverse.astype(np.int64) + (0 if ids[0] == 0 else 1)
-    return inverse, int(np.count_nonzero(ids))
+    """Ids 0, a < b < ... -> 0, 1, 2, ... (same order) as int64, and the number of nuclei."""
+    compact = relabel_sequential(label).astype(np.int64)
+    return compact, int(compact.max()) if compact.size else 0
 
 
 def _joint_histogram(true_label: np.ndarray, pred_label: np.ndarray):

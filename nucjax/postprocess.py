@@ -23,13 +23,23 @@ MAX_HOLE_SIZE = 100
 
 
 def relabel_sequential(label: np.ndarray) -> np.ndarray:
-    """(H, W) ids >= 0 -> int32 ids 1..N in the order of the old ids, 0 kept as background."""
+    """Ids >= 0 (any shape) -> int32 ids 1..N in the order of the old ids, 0 kept as background.
+
+    The one relabelling of nucjax (post-processing, cropping, metrics). A lookup table when the
+    largest id is modest (linear time, no sort); a sort for huge sparse ids.
+    """
     label = np.asarray(label)
     if label.size == 0 or label.max() <= 0:
         return np.zeros(label.shape, np.int32)
-    present = np.bincount(label.ravel(), minlength=int(label.max()) + 1) > 0
+    if label.min() < 0:
+        raise ValueError("instance ids must be >= 0")
+    top = int(label.max())
+    if top > max(4 * label.size, 1 << 16):
+        ids, inverse = np.unique(label, return_inverse=True)
+        return (inverse.reshape(label.shape) + (0 if ids[0] == 0 else 1)).astype(np.int32)
+    present = np.bincount(label.ravel(), minlength=top + 1) > 0
     present[0] = False
-    lut = np.zeros(present.size, np.int32)
+    lut = np.zeros(top + 1, np.int32)
     lut[present] = np.arange(1, int(present.sum()) + 1)
     return lut[label]
 

@@ -248,47 +248,21 @@ def prepare(
     return builder
 
 
-def as_dataset(
-    split: str,
-    *,
-    data_dir: str | os.PathLike = "",
-    source: str = "",
-    validation_fraction: float = 0.1,
-    split_seed: int = 0,
-    checksums: Mapping[str, str | None] | None = None,
-) -> tf.data.Dataset:
+def as_dataset(split: str, **prepare_kwargs) -> tf.data.Dataset:
     """Elements {image (H, W, 3) uint8, label (H, W) int32, id string, modality int64},
-    in a fixed order (sorted ids). Prepares the dataset first if needed."""
-    builder = prepare(
-        data_dir=data_dir,
-        source=source,
-        validation_fraction=validation_fraction,
-        split_seed=split_seed,
-        checksums=checksums,
-    )
+    in a fixed order (sorted ids). Prepares the dataset first if needed (prepare's keyword
+    arguments: data_dir, source, validation_fraction, split_seed, checksums)."""
+    builder = prepare(**prepare_kwargs)
     if _check_split(split) not in builder.info.splits:
-        raise ValueError(f"no {split} split: validation_fraction is {validation_fraction}")
+        fraction = prepare_kwargs.get("validation_fraction", 0.1)
+        raise ValueError(f"no {split} split: validation_fraction is {fraction}")
     return builder.as_dataset(split=split, shuffle_files=False)
 
 
-def num_examples(
-    split: str,
-    *,
-    data_dir: str | os.PathLike = "",
-    source: str = "",
-    validation_fraction: float = 0.1,
-    split_seed: int = 0,
-    checksums: Mapping[str, str | None] | None = None,
-) -> int:
-    """Images in a split (0 for validation when validation_fraction is 0)."""
-    builder = prepare(
-        data_dir=data_dir,
-        source=source,
-        validation_fraction=validation_fraction,
-        split_seed=split_seed,
-        checksums=checksums,
-    )
-    splits = builder.info.splits
+def num_examples(split: str, **prepare_kwargs) -> int:
+    """Images in a split (0 for validation when validation_fraction is 0); as_dataset's
+    keyword arguments."""
+    splits = prepare(**prepare_kwargs).info.splits
     return splits[split].num_examples if _check_split(split) in splits else 0
 
 
