@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -101,38 +101,39 @@ class Evaluator:
         return record
 
     def run(self, config, spec: ModelSpec, variables, *, show_progress: bool = False) -> dict:
-        """Score `variables` ({"params", "batch_stats"} on one device) of `spec`.
+        """Score `variables` ({"params", "batch_stats"} on one device) of `spec` (see score)."""
+
+        def record(image, label):
+            return self._record(config, spec, variables, image, label)
+
+        return self.score(config.data, record, show_progress=show_progress)
+
+    def score(self, data_config, record: Callable, *, show_progress: bool = False) -> dict:
+        """Score any segmenter: record(image (H, W, 3) uint8, label) -> metrics.image_record.
 
         Returns {"name", "split", "kind", "metrics": set metrics, "by_modality": {modality:
         set metrics}, "images": one row per image (id, modality, size, metrics, seconds),
         "seconds"}.
         """
-        bar = (
-            reporting.progress(self.num_images(config.data), f"{self.name} ({self.split})", "img")
-            if show_progress
-            else None
-        )
+        total = self.num_images(data_config)
+        bar = reporting.progress(total, self.name, "img") if show_progress else None
         records, t0 = [], time.perf_counter()
         for image_id, image, label, modality in labelled_images(
-            config.data, self.split, self.max_images
+            data_config, self.split, self.max_images
         ):
-            record = self._record(config, spec, variables, image, label)
-            record["row"] = {
-                "id": image_id,
-                "modality": modality,
-                "height": label.shape[0],
-                "width": label.shape[1],
-                **record["row"],
-            }
-            records.append(record)
+            row = {"id": image_id, "modality": modality, "height": label.shape[0]}
+            result = record(image, label)
+            result["row"] = {**row, "width": label.shape[1], **result["row"]}
+            records.append(result)
             if bar is not None:
                 bar.update()
         if bar is not None:
             bar.close()
         if not records:
-            raise ValueError(
-                f"split {self.split!r} of config.data.source={config.data.source!r} is empty"
-            )
+            raise ValueError(f"split {self.split!r} of {data_config.source!r} data is empty")
+        return self._result(records, time.perf_counter() - t0)
+
+    def _result(self, records: list[dict], seconds: float) -> dict:
         by_modality = {
             m: metrics.summarize([r for r in records if r["row"]["modality"] == m])
             for m in MODALITIES
@@ -147,8 +148,8 @@ class Evaluator:
             "by_modality": by_modality,
             "images": rows,
             "seconds": {
-                "total": time.perf_counter() - t0,
-                "predict": float(sum(r["predict_s"] for r in rows)),
+                "total": seconds,
+                "predict": float(sum(r.get("predict_s", 0.0) for r in rows)),
                 "postprocess": float(sum(r.get("postprocess_s", 0.0) for r in rows)),
             },
         }
