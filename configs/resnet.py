@@ -33,6 +33,7 @@ def get_config(arg=None):
     m.target = "three_class"
     m.output_activation = "sigmoid"
     m.border_weight = 0.0  # binary target only: extra weight of nucleus borders
+    m.dice_weight = 0.0  # > 0: add this times the per-image soft Dice loss (BCE + Dice)
     # "none": the backbone sees per-image normalised input; "caffe": mapped to what Keras
     # ImageNet weights expect (BGR 0..255 minus the ImageNet mean), use with `pretrained`.
     m.input_adapter = "none"

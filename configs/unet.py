@@ -27,6 +27,7 @@ def get_config(arg=None):
     m.dropout = (0.1, 0.1, 0.2, 0.2, 0.3)
     m.batch_norm = False
     m.border_weight = 0.0
+    m.dice_weight = 0.0  # > 0: add this times the per-image soft Dice loss (BCE + Dice)
 
     config.optim.name = "adam"
     config.optim.learning_rate = 0.01

@@ -155,3 +155,17 @@ def test_binary_semantic_loss_matches_numpy(border_weight):
     predicted, true = (x > 0) & keep, (LABEL > 0) & keep
     iou = pixel_metrics["foreground_iou"]
     assert (float(iou[0]), float(iou[1])) == ((predicted & true).sum(), (predicted | true).sum())
+
+
+def test_dice_term_matches_numpy_per_image():
+    """BCE + Dice: the Dice pair is (weight * sum over valid images of 1 - Dice, images)."""
+    batch, logits = _batch_and_logits(1)
+    config = simple_cnn.get_config("tiny")
+    config.model.target, config.model.dice_weight = "binary", 0.5
+    terms, _ = models.build(config).loss(logits, batch)
+    assert list(terms) == ["pixel_ce", "dice"]
+    p, keep, truth = 1 / (1 + np.exp(-logits[0, ..., 0].astype(np.float64))), LABEL >= 0, LABEL > 0
+    dice = (2 * (p * truth)[keep].sum() + 1) / ((p + truth)[keep].sum() + 1)
+    total, count = (float(x) for x in terms["dice"])
+    assert count == 1.0  # the padding example counts nowhere
+    np.testing.assert_allclose(total, 0.5 * (1 - dice), rtol=1e-5)

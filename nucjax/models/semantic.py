@@ -46,8 +46,27 @@ def foreground_probability(logits: jax.Array, target: str, activation: str) -> j
     return probs[..., 0] if target == "binary" else 1.0 - probs[..., 0]
 
 
-def semantic_loss(logits, batch, *, target: str, activation: str, border_weight: float):
-    """(logits (B,H,W,C), batch) -> ({"pixel_ce": (sum, count)}, pixel metrics)."""
+def soft_dice_sums(fg_prob, label, valid, weight: float):
+    """Soft Dice loss of each image's foreground, as (weight * sum of (1 - Dice), images).
+
+    fg_prob: (B, H, W) foreground probability; label: (B, H, W) (-1 not labelled); valid:
+    (B,). Dice = (2 |p t| + 1) / (|p| + |t| + 1) over the image's labelled pixels; per image,
+    so the pair is exact under any split of the batch across devices.
+    """
+    keep = (label >= 0).astype(jnp.float32)
+    truth = (label > 0).astype(jnp.float32)
+    inter = jnp.sum(fg_prob * truth * keep, axis=(1, 2))
+    total = jnp.sum((fg_prob + truth) * keep, axis=(1, 2))
+    dice = (2.0 * inter + 1.0) / (total + 1.0)
+    return weight * jnp.sum((1.0 - dice) * valid), jnp.sum(valid)
+
+
+def semantic_loss(
+    logits, batch, *, target: str, activation: str, border_weight: float, dice_weight: float
+):
+    """(logits (B,H,W,C), batch) -> ({"pixel_ce": (sum, count)[, "dice": ...]}, pixel metrics).
+
+    dice_weight > 0 adds soft_dice_sums of the foreground probability (BCE + Dice)."""
     label = batch["label"]
     weight = targets.pixel_weights(label) * batch["valid"][:, None, None]
     count = jnp.sum(weight)
@@ -63,7 +82,10 @@ def semantic_loss(logits, batch, *, target: str, activation: str, border_weight:
         fg_weight = fg_weight * batch["valid"][:, None, None]
         term = losses.sigmoid_cross_entropy_sums(logits, fg[..., None], fg_weight, count)
     fg_prob = foreground_probability(logits, target, activation)
-    return {"pixel_ce": term}, metrics.pixel_sums(fg_prob, label, batch["valid"])
+    terms = {"pixel_ce": term}
+    if dice_weight > 0:
+        terms["dice"] = soft_dice_sums(fg_prob, label, batch["valid"], dice_weight)
+    return terms, metrics.pixel_sums(fg_prob, label, batch["valid"])
 
 
 def semantic_postprocess(logits: np.ndarray, *, target: str, activation: str, eval_config):
@@ -99,7 +121,9 @@ def build_spec(module, config, *, stride: int, axis_name: str | None) -> ModelSp
         )
     return ModelSpec(
         module=module,
-        loss=functools.partial(semantic_loss, border_weight=m.get("border_weight", 0.0), **kinds),
+        loss=functools.partial(
+            semantic_loss, border_weight=m.border_weight, dice_weight=m.dice_weight, **kinds
+        ),
         foreground=functools.partial(foreground_probability, **kinds),
         postprocess=functools.partial(semantic_postprocess, eval_config=config.eval, **kinds),
         stride=stride,
