@@ -70,10 +70,15 @@ def _flat(tree, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: list(tree) if isinstance(tree, tuple | list) else tree}
 
 
-def network_differences(a, b) -> list[str]:
-    """'field: a_value vs b_value' for every NETWORK_FIELDS entry where configs a and b differ."""
-    flat_a, flat_b = _flat(json.loads(a.to_json_best_effort())), _flat(json.loads(b.to_json()))
-    keys = {k for k in flat_a.keys() | flat_b.keys() if k.startswith(NETWORK_FIELDS)}
+def network_differences(saved, given) -> list[str]:
+    """'field: saved vs given' for every NETWORK_FIELDS entry where the configs differ.
+
+    A field the saved config lacks (added to nucjax after that run) is not a difference: the
+    given config supplies it, and new fields default to the old behaviour.
+    """
+    flat_a = _flat(json.loads(saved.to_json_best_effort()))
+    flat_b = _flat(json.loads(given.to_json_best_effort()))
+    keys = {k for k in flat_a if k.startswith(NETWORK_FIELDS)}
     missing = "(absent)"
     return [
         f"{k}: {flat_a.get(k, missing)!r} vs {flat_b.get(k, missing)!r}"
