@@ -5,7 +5,7 @@
 
 Scored by the very evaluator the trainer and --mode=evaluate use (nucjax.evaluators), so its
 figures stand beside the networks'. On the unlabelled test split it only writes a Kaggle
-submission. Prints one JSON line: {"split", "dsb_score", "by_modality": {...}}.
+submission. Prints the DSB score overall and per modality, then the same as one JSON line.
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ def main() -> None:
             for m, v in result["by_modality"].items()
         },
     }
+    print(f"{args.split}: dsb_score {summary['dsb_score']:.4f} over {summary['num_images']} images")
+    for modality, values in summary["by_modality"].items():
+        print(f"  {modality}: dsb_score {values['dsb_score']:.4f} ({values['num_images']} images)")
     print(json.dumps(summary))
 
 
