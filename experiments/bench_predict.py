@@ -67,9 +67,7 @@ def main(argv):
         times = []
         for _ in range(FLAGS.repeats + 1):
             start = time.perf_counter()
-            p = whole_image.segment_image(
-                spec, variables, image, tile_size=ev.tile_size, overlap=ev.tile_overlap
-            )
+            p = whole_image.segment_image(spec, variables, image, ev)
             times.append((time.perf_counter() - start, p.predict_s, p.postprocess_s))
         first, rest = times[0], times[1:] or times[:1]
         tile_rows, tile_cols, _ = whole_image.tile_grid(

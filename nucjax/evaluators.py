@@ -86,14 +86,15 @@ class Evaluator:
     def _record(self, config, spec: ModelSpec, variables, image, label) -> dict:
         """One image -> metrics.image_record with timings in its row."""
         x, ev = network_input(image, config.data.input_view), config.eval
-        tiles = dict(tile_size=ev.tile_size, overlap=ev.tile_overlap)
         if self.kind == "instance":
-            p = whole_image.segment_image(spec, variables, x, **tiles)
+            p = whole_image.segment_image(spec, variables, x, ev)
             record = metrics.image_record(label, p.instances.label, p.foreground)
-            record["row"].update(predict_s=p.predict_s, postprocess_s=p.postprocess_s)
+            record["row"].update(
+                predict_s=p.predict_s, postprocess_s=p.postprocess_s, scale=p.scale
+            )
             return record
         t0 = time.perf_counter()
-        outputs = whole_image.predict_image(spec, variables, x, **tiles)
+        outputs = whole_image.predict_image(spec, variables, x, ev)
         batched = jax.tree.map(lambda o: o[None], outputs)
         foreground = np.asarray(spec.foreground(batched), np.float32)[0, : label.shape[0]]
         record = metrics.image_record(label, None, foreground[:, : label.shape[1]])

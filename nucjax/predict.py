@@ -149,14 +149,8 @@ def _load_raw(stem: str, source: str, load, taken: dict[str, str]) -> tuple[np.n
 
 def _segment_one(model, output_dir, stem, source, raw, rgb, wanted, image_outputs) -> dict:
     """Segment one image and write its files; returns its summary row (with its nuclei)."""
-    ev = model.config.eval
-    p = whole_image.segment_image(
-        model.spec,
-        model.variables,
-        network_input(rgb, model.config.data.input_view),
-        tile_size=ev.tile_size,
-        overlap=ev.tile_overlap,
-    )
+    image = network_input(rgb, model.config.data.input_view)
+    p = whole_image.segment_image(model.spec, model.variables, image, model.config.eval)
     files = {}
     if image_outputs:
         files = outputs.write_image_outputs(output_dir, stem, raw, rgb, p.instances, p.foreground)
@@ -176,6 +170,7 @@ def _segment_one(model, output_dir, stem, source, raw, rgb, wanted, image_output
         "nuclei": int(p.instances.label.max()),
         "predict_s": p.predict_s,
         "postprocess_s": p.postprocess_s,
+        "scale": p.scale,  # the nucleus_area rescale (1.0: none)
         "outputs": files,
         "submission": outputs.submission_rows(stem, p.instances.label),
     }

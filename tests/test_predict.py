@@ -62,10 +62,7 @@ def run(tmp_path_factory):
 def _expected(model, root, name):
     """The label the model gives for an input file, computed here from its pixels."""
     image = network_input(to_rgb(predict.read_image(str(root / "in" / name))), "rgb")
-    ev = model.config.eval
-    return whole_image.segment_image(
-        model.spec, model.variables, image, tile_size=ev.tile_size, overlap=ev.tile_overlap
-    )
+    return whole_image.segment_image(model.spec, model.variables, image, model.config.eval)
 
 
 def test_summary_counts_processed_and_skipped(run):

@@ -17,7 +17,9 @@ def test_load_restores_the_saved_weights_with_the_saved_config(tmp_path):
         np.asarray(model.variables["params"]["output"]["kernel"])[1, 1, 0, 0], 20.0
     )
     image, label = synthetic_image((64, 64), seed=3)
-    p = whole_image.segment_image(model.spec, model.variables, image, tile_size=64, overlap=16)
+    ev = model.config.eval
+    ev.tile_size, ev.tile_overlap = 64, 16
+    p = whole_image.segment_image(model.spec, model.variables, image, ev)
     assert p.instances.label.max() > 0 and p.instances.scores.shape == (p.instances.label.max(),)
     assert ((p.foreground > 0.5) == (label > 0)).mean() > 0.8  # it sees the nuclei
 
