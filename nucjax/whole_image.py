@@ -45,14 +45,8 @@ from nucjax.models.spec import Instances, ModelSpec
 from nucjax.postprocess import relabel_sequential
 
 # Values for config.eval fields that a config saved before they existed lacks.
-_DEFAULTS = {"flip_tta": False, "nucleus_area": 0.0, "min_scale": 0.5, "max_scale": 2.0}
-
 # A rescale closer to 1 than this is not worth a second pass.
 _SCALE_TOLERANCE = 0.1
-
-
-def _setting(eval_config, name: str):
-    return getattr(eval_config, name, _DEFAULTS.get(name))
 
 
 @functools.partial(jax.jit, static_argnames="module")
@@ -143,7 +137,7 @@ def predict_image(
     ev = eval_config
     rows, cols, (th, tw) = tile_grid(h, w, stride, ev.tile_size, ev.tile_overlap)
     tiles = np.stack([padded[y : y + th, x : x + tw] for y, _, _ in rows for x, _, _ in cols])
-    outs = _run_tiles(spec, variables, tiles, batch_size, bool(_setting(ev, "flip_tta")))
+    outs = _run_tiles(spec, variables, tiles, batch_size, bool(ev.flip_tta))
     result = np.empty((hp, wp, outs.shape[-1]), np.float32)
     k = 0
     for y, y0, y1 in rows:
@@ -160,12 +154,12 @@ def rescale_factor(spec: ModelSpec, label: np.ndarray, eval_config) -> float:
     clipped to [eval.min_scale, eval.max_scale]; 1.0 when nucleus_area is 0, the spec is not
     tileable, there are no nuclei, or the factor is within 0.1 of 1.
     """
-    target = float(_setting(eval_config, "nucleus_area"))
+    target = float(eval_config.nucleus_area)
     areas = np.bincount(np.asarray(label).ravel())[1:]
     areas = areas[areas > 0]
     if target <= 0 or not spec.tileable or len(areas) == 0:
         return 1.0
-    lo, hi = _setting(eval_config, "min_scale"), _setting(eval_config, "max_scale")
+    lo, hi = eval_config.min_scale, eval_config.max_scale
     scale = float(np.clip(np.sqrt(target / np.median(areas)), lo, hi))
     return scale if abs(scale - 1.0) > _SCALE_TOLERANCE else 1.0
 

@@ -11,6 +11,7 @@ The trainer saves its resolved config as WORKDIR/config.json, so evaluate and pr
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from typing import Any, NamedTuple
@@ -51,13 +52,38 @@ def save_config(workdir: str, config) -> str:
     )
 
 
+def _merged(defaults: dict, saved: dict) -> dict:
+    """defaults with every value of `saved` written over it, recursively."""
+    out = dict(defaults)
+    for key, value in saved.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if both else value
+    return out
+
+
+def _defaults_of(model_name: str) -> dict:
+    """The paper variant of configs/<model_name>.py as a dict; {} where that file is not
+    importable (the configs folder is not beside this nucjax)."""
+    try:
+        module = importlib.import_module(f"configs.{model_name}")
+    except ImportError:
+        return {}
+    return json.loads(module.get_config().to_json_best_effort())
+
+
 def saved_config(workdir: str) -> ml_collections.ConfigDict | None:
-    """The config the trainer saved in `workdir`, or None for a workdir without one."""
+    """The config the trainer saved in `workdir`, or None for a workdir without one.
+
+    Fields added to nucjax after the run was saved take their config file's defaults, so an
+    older workdir still evaluates and predicts (and new evaluation options can be set).
+    """
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
-        return ml_collections.ConfigDict(json.load(f))
+        saved = json.load(f)
+    defaults = _defaults_of(saved.get("model", {}).get("name", ""))
+    return ml_collections.ConfigDict(_merged(defaults, saved))
 
 
 def _flat(tree, prefix: str = "") -> dict[str, Any]:

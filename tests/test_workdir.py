@@ -1,5 +1,7 @@
 """Reading a workdir back: parameters without the optimizer, the saved config, clear errors."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -53,3 +55,15 @@ def test_clear_errors(tmp_path):
     (tmp_path / "config.json").unlink()  # a workdir from before configs were saved
     with pytest.raises(checkpoint.IncompatibleCheckpointError, match="'simple_cnn' model"):
         workdir.load(str(tmp_path), unet.get_config("tiny"))
+
+
+def test_a_config_saved_before_new_fields_gets_their_defaults(tmp_path):
+    threshold_workdir(tmp_path)
+    saved = json.load(open(tmp_path / "config.json"))
+    del saved["eval"]["flip_tta"], saved["model"]["dice_weight"]  # as an older nucjax wrote it
+    saved["eval"]["min_size"] = 7
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    config = workdir.saved_config(str(tmp_path))
+    assert config.eval.flip_tta is False and config.model.dice_weight == 0.0
+    assert config.eval.min_size == 7 and config.model.target == "binary"  # the run's own
+    assert workdir.load(str(tmp_path)).step == 7
