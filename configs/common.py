@@ -24,6 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
     data.validation_fraction = 0.1
     data.split_seed = 0
     data.crop_size = 256  # training crops (square); small images are padded, label -1
+    # Draw training images with weight n_modality ** -modality_balance (0 = the data set's own
+    # mix; 1 = every modality equally often): nucjax.data.pipeline.sampling_weights.
+    data.modality_balance = 0.0
     data.input_view = "rgb"  # rgb | grey_inverted (nucjax.data.images.INPUT_VIEWS)
     data.flips = True
     data.rot90 = True

@@ -126,3 +126,32 @@ def test_real_train_batches(dsb_data_dir, dsb_source):
         assert abs(batch["image"].mean()) < 3
     again = next(pipeline.train_batches(config, batch_size=4, seed=0, start_step=4))
     np.testing.assert_array_equal(again["image"], batches[1]["image"])
+
+
+def test_modality_balance_draws_modalities_by_weight_and_resumes_exactly():
+    config = _config(
+        synthetic_num_images=8, crop_size=40, flips=False, rot90=False, modality_balance=1.0
+    )
+    raw = _raw(config, "train")
+    modality = np.array([int(e["modality"]) for e in raw])
+    assert len(set(modality)) > 1 and np.bincount(modality).max() > 2  # an unbalanced mix
+    wholes = [images.network_input(e["image"], "rgb") for e in raw]
+    batches = _take(pipeline.train_batches(config, batch_size=8, seed=3), 40)
+    shown = [
+        next(i for i, w in enumerate(wholes) if np.allclose(x, w, atol=1e-5))
+        for b in batches
+        for x in b["image"]
+    ]
+    drawn = np.bincount(modality[shown], minlength=modality.max() + 1)
+    present = np.bincount(modality) > 0
+    # Balance 1: each present modality ~1/k of 320 draws, whatever its number of images.
+    expected = 320 / present.sum()
+    assert np.all(np.abs(drawn[present] - expected) < 0.25 * expected), drawn
+    weights = pipeline.sampling_weights(modality, 1.0)
+    np.testing.assert_allclose(
+        [weights[modality == m].sum() for m in np.flatnonzero(present)],
+        1 / present.sum(),
+        rtol=1e-6,
+    )
+    resumed = next(pipeline.train_batches(config, batch_size=8, seed=3, start_step=7))
+    np.testing.assert_array_equal(resumed["image"], batches[7]["image"])
