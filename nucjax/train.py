@@ -260,7 +260,9 @@ def train_and_evaluate(config, workdir: str, batches: Iterator | None = None) ->
                 scalars, pending = means(pending), None
                 _check_finite(step, scalars, ckpt)
                 run.writer.write(step, "train", scalars)
-                bar.set_postfix({k: f"{scalars[k]:.4g}" for k in ("loss",) if k in scalars})
+                bar.set_postfix(
+                    {k: f"{scalars[k]:.4g}" for k in ("loss",) if k in scalars}, refresh=False
+                )
             bar.update(step - bar.n)
             if ckpt.due(step) or step == steps:
                 ckpt.save(step, state, run.meta)
