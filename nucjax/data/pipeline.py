@@ -88,11 +88,29 @@ def _uniform(tf, key, low=0.0, high=1.0):
     return tf.random.stateless_uniform([], key, low, high)
 
 
+def _image_picker(store, data_config, order_key):
+    """element index e -> the image it shows: a fresh permutation per epoch, or a weighted
+    draw per element when data.modality_balance > 0. Pure in (order_key, e)."""
+    tf = import_tensorflow()
+    num_images = int(store["height"].shape[0])
+
+    def pick(element):
+        if data_config.modality_balance > 0:
+            key = tf.random.experimental.stateless_fold_in(order_key, element)
+            logits = store["log_weight"][None]
+            return tf.random.stateless_categorical(logits, 1, key, dtype=tf.int64)[0, 0]
+        epoch, position = element // num_images, element % num_images
+        epoch_key = tf.random.experimental.stateless_fold_in(order_key, epoch)
+        shuffle = tf.random.stateless_uniform([num_images], epoch_key)
+        return tf.argsort(shuffle, stable=True)[position]
+
+    return pick
+
+
 def _train_example_fn(store, data_config, seed: int, process_index: int):
     """element index e (int64) -> one augmented example; see the module docstring."""
     tf = import_tensorflow()
     store = {k: tf.constant(v) for k, v in store.items()}
-    num_images = int(store["height"].shape[0])
     size = int(data_config.crop_size)
     zoom, jitter = float(data_config.scale_jitter), float(data_config.intensity_jitter)
     base = tf.constant([seed, process_index], tf.int64)
@@ -125,15 +143,7 @@ def _train_example_fn(store, data_config, seed: int, process_index: int):
             label = tf.image.resize(label[..., None], [size, size], "nearest")[..., 0]
         return image, label
 
-    def pick(element):
-        if data_config.modality_balance > 0:  # a weighted draw per element, no epochs
-            key = tf.random.experimental.stateless_fold_in(order_key, element)
-            logits = store["log_weight"][None]
-            return tf.random.stateless_categorical(logits, 1, key, dtype=tf.int64)[0, 0]
-        epoch, position = element // num_images, element % num_images
-        epoch_key = tf.random.experimental.stateless_fold_in(order_key, epoch)
-        shuffle = tf.random.stateless_uniform([num_images], epoch_key)
-        return tf.argsort(shuffle, stable=True)[position]
+    pick = _image_picker(store, data_config, order_key)
 
     def example(element):
         i = pick(element)

@@ -88,6 +88,7 @@ class DetectorSettings:
     width: int
     fpn_width: int
     input_adapter: str
+    input_scale: int
     box_head_convs: int
     box_head_fcs: int
     box_head_width: int
@@ -139,6 +140,8 @@ class MaskRCNN(nn.Module):
     def __call__(self, image: jax.Array, label: jax.Array | None = None, *, train: bool):
         check_image_shape(image.shape, fpn.STRIDE, "Mask R-CNN")
         s = self.settings
+        if s.input_scale > 1:  # small nuclei reach the pyramid larger; outputs come back below
+            image, label = upscale(image, label, s.input_scale)
         shape = tuple(int(d) for d in image.shape[1:3])
         backbone = fpn.backbone_module(s.backbone, s.depth, s.width, self.axis_name)
         pyramid = fpn.FPN(s.fpn_width, len(s.strides), name="fpn")(
@@ -173,7 +176,8 @@ class MaskRCNN(nn.Module):
         predict_masks = lambda features: mask_head.apply({"params": mask_params}, features)
         maps = pyramid[:ROI_LEVELS]
         if not train:
-            return _detect(s, shape, maps, rois, roi_valid, box_head, predict_masks)
+            found = _detect(s, shape, maps, rois, roi_valid, box_head, predict_masks)
+            return downscale_outputs(found, s.input_scale)
         if label is None:
             raise ValueError("Mask R-CNN samples its targets from `label` when train=True")
         heads = (box_head, predict_masks)
@@ -219,8 +223,27 @@ def _train(s: DetectorSettings, key, label, rpn, rois, roi_valid, maps, heads):
             "positive": roi_t.positive[:, : s.mask_slots],
         },
         "gt_instances": jnp.sum(gt_valid, axis=1),
-        "gt_dropped_pixels": jnp.sum(label > s.max_instances, axis=(1, 2)),
+        "gt_dropped_pixels": jnp.sum(label > s.max_instances, axis=(1, 2)) // s.input_scale**2,
     }
+
+
+def upscale(image: jax.Array, label: jax.Array | None, k: int):
+    """image (B, H, W, C) bilinear and label (B, H, W) nearest, both k times larger."""
+    b, h, w, c = image.shape
+    image = jax.image.resize(image, (b, k * h, k * w, c), "bilinear")
+    if label is not None:
+        label = jnp.repeat(jnp.repeat(label, k, axis=1), k, axis=2)
+    return image, label
+
+
+def downscale_outputs(found: dict, k: int) -> dict:
+    """Inference outputs of a k-times upscaled image, back in the input's pixels: boxes / k,
+    the foreground map averaged over k x k blocks; masks are box-relative and stay."""
+    if k == 1:
+        return found
+    b, h, w = found["foreground"].shape
+    foreground = found["foreground"].reshape(b, h // k, k, w // k, k).mean(axis=(2, 4))
+    return {**found, "boxes": found["boxes"] / k, "foreground": foreground}
 
 
 def _detect(s: DetectorSettings, shape, maps, rois, roi_valid, box_head, predict_masks):

@@ -263,3 +263,29 @@ def test_trainer_runs_the_tiny_config_on_four_devices(tmp_path):
     after = evaluators.scalars(report)
     assert final["num_images"] == report["metrics"]["num_images"]
     assert {k: final[k] for k in after} == after
+
+
+def test_input_scale_runs_the_network_on_a_larger_image_and_answers_in_input_pixels():
+    """model.input_scale = 2: the backbone sees a 2x image (and 2x labels in training); the
+    boxes and foreground map come back in the input's pixels."""
+    image = np.arange(2 * 4 * 6 * 3, dtype=np.float32).reshape(2, 4, 6, 3)
+    label = np.arange(2 * 4 * 6, dtype=np.int32).reshape(2, 4, 6)
+    big, big_label = mask_rcnn.upscale(jnp.asarray(image), jnp.asarray(label), 2)
+    assert big.shape == (2, 8, 12, 3)
+    np.testing.assert_array_equal(big_label[:, ::2, ::2], label)
+    np.testing.assert_array_equal(big_label[:, 1::2, 1::2], label)
+    found = {"boxes": jnp.full((2, 3, 4), 8.0), "foreground": big[..., 0], "scores": 1}
+    back = mask_rcnn.downscale_outputs(found, 2)
+    np.testing.assert_allclose(back["boxes"], 4.0)
+    want = np.asarray(big[..., 0]).reshape(2, 4, 2, 6, 2).mean(axis=(2, 4))
+    np.testing.assert_allclose(back["foreground"], want, rtol=1e-6)
+    config = tiny_config()
+    config.model.input_scale = 2
+    spec = models.build(config)
+    batch = synthetic_batch(0, 1)
+    shapes = jax.eval_shape(
+        lambda: spec.module.init_with_output(
+            {"params": jax.random.key(0), "dropout": jax.random.key(0)}, batch["image"], train=False
+        )[0]
+    )
+    assert shapes["foreground"].shape == (1, 64, 64) and shapes["boxes"].shape[-1] == 4
