@@ -55,7 +55,10 @@ def main() -> None:
         trial = config.copy_and_resolve_references()
         trial.eval.update(setting)
         spec = models.build(trial)
-        records = [metrics.image_record(lab, spec.postprocess(out).label) for out, lab, _ in cached]
+        records = [
+            metrics.image_record(lab, whole_image.instances(spec, out, *lab.shape).label)
+            for out, lab, _ in cached
+        ]
         by_modality = {}
         for m in sorted({m for _, _, m in cached}):
             subset = [r for r, (_, _, mm) in zip(records, cached, strict=True) if mm == m]

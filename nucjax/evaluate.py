@@ -17,6 +17,8 @@ import json
 import math
 import os
 
+import jax
+
 from nucjax import evaluators, outputs
 from nucjax import workdir as workdirs
 
@@ -81,6 +83,8 @@ def evaluate(
     config: None = the config the workdir saved. model: a workdir.TrainedModel to reuse.
     Returns the report written to JSON: {"metrics", "by_modality", "images", settings, paths}.
     """
+    if split is not None:
+        evaluators.Evaluator(split, split)  # an unknown split fails before any restore
     model = model or workdirs.load(workdir, config, step)
     config = model.config
     evaluator = evaluators.for_split(config, split)
@@ -101,8 +105,9 @@ def evaluate(
         "json": out + ".json",
         "markdown": out + ".md",
     }
-    outputs.write_text(report["json"], json.dumps(report, indent=2) + "\n")
-    outputs.write_text(report["markdown"], markdown_report(report))
+    if jax.process_index() == 0:  # every process scored the same images; one writes
+        outputs.write_text(report["json"], json.dumps(report, indent=2) + "\n")
+        outputs.write_text(report["markdown"], markdown_report(report))
     return report
 
 

@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import jax
 import numpy as np
 
 from nucjax import data, metrics, reporting, whole_image
@@ -33,6 +32,12 @@ from nucjax.data.images import MODALITIES, network_input
 from nucjax.models.spec import ModelSpec
 
 KINDS = ("pixel", "instance")
+
+
+class UnlabelledSplitError(ValueError):
+    """Evaluation asked of a split whose images carry no labels."""
+
+
 # The set metrics also logged per modality during training ("dsb_score/histology", ...).
 BY_MODALITY_LOGGED = ("dsb_score", "f1@0.50", "map_foreground_iou", "map_pixel_accuracy")
 
@@ -54,7 +59,7 @@ def labelled_images(data_config, split: str, max_images: int = 0) -> Iterator[tu
     for example in ds.as_numpy_iterator():
         image_id, label = decode_id(example["id"]), np.asarray(example["label"], np.int32)
         if not (label >= 0).any():
-            raise ValueError(
+            raise UnlabelledSplitError(
                 f"split {split!r} has no labels (image {image_id} is all 'not labelled'): "
                 "evaluation needs a labelled split (train, validation, or test with "
                 "stage1_solution.csv); for a Kaggle submission use --mode=predict "
@@ -77,7 +82,7 @@ class Evaluator:
         if self.kind not in KINDS:
             raise ValueError(f"evaluator kind {self.kind!r}; choose one of {KINDS}")
         if self.split not in data.SPLITS:
-            raise ValueError(f"unknown split {self.split!r}; use one of {data.SPLITS}")
+            raise data.UnknownSplitError(f"unknown split {self.split!r}; use one of {data.SPLITS}")
 
     def num_images(self, data_config) -> int:
         total = data.num_examples(data_config, self.split)
@@ -95,9 +100,8 @@ class Evaluator:
             return record
         t0 = time.perf_counter()
         outputs = whole_image.predict_image(spec, variables, x, ev)
-        batched = jax.tree.map(lambda o: o[None], outputs)
-        foreground = np.asarray(spec.foreground(batched), np.float32)[0, : label.shape[0]]
-        record = metrics.image_record(label, None, foreground[:, : label.shape[1]])
+        foreground = whole_image.foreground(spec, outputs, *label.shape)
+        record = metrics.image_record(label, None, foreground)
         record["row"]["predict_s"] = time.perf_counter() - t0
         return record
 

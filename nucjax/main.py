@@ -104,14 +104,17 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
-    from nucjax import checkpoint, workdir
+    from nucjax import checkpoint, data, evaluators, workdir
 
     logging.info("JAX devices: %s", jax.devices())
     try:
         {"train": _train, "evaluate": _evaluate, "predict": _predict}[FLAGS.mode]()
     except (
         FileNotFoundError,  # also checkpoint.CheckpointNotFoundError
+        FloatingPointError,  # a diverged training: the message names the last good checkpoint
         checkpoint.IncompatibleCheckpointError,
+        data.UnknownSplitError,
+        evaluators.UnlabelledSplitError,
         workdir.ConfigMismatchError,
     ) as e:
         # Expected user errors: one line that says what is wrong, not a traceback.

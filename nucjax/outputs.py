@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import socket
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -41,7 +42,8 @@ def write_atomically(path: str, write: Callable[[str], None]) -> str:
     """
     folder, name = os.path.split(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+    # Host and pid: processes of a multi-host job may share the folder.
+    tmp = os.path.join(folder, f".{name}.{socket.gethostname()}.{os.getpid()}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)

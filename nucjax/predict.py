@@ -7,7 +7,8 @@
 The workdir's saved config builds the network; nothing of the optimizer is read.
 
 Reads PNG, JPEG, BMP (pillow) and TIFF (tifffile): grey, grey + alpha, RGB or RGBA, 8- or
-16-bit or float, any size (tiled, never resized). Writes, for every image with stem S:
+16-bit or float, any size (tiled; resized only when config.eval.nucleus_area asks). Writes,
+for every image with stem S:
   S_labels.tif   instance labels, uint16 (int32 past 65535 nuclei), 0 background: opens as a
                  label image in napari and Fiji
   S_prob.tif     float32 foreground probability
@@ -32,6 +33,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 
+import jax
 import numpy as np
 import tifffile
 from absl import logging
@@ -183,6 +185,7 @@ def _run(
     output_dir = os.path.abspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     wanted = {str(n) for n in figure_images}
+    primary = jax.process_index() == 0
     images, skipped, taken = [], [], {}
     bar = reporting.progress(total, "predict", "img")
     t0 = time.perf_counter()
@@ -195,9 +198,8 @@ def _run(
             skipped.append({"file": source, "reason": str(e)})
             continue
         taken[stem] = source
-        images.append(
-            _segment_one(model, output_dir, stem, source, raw, rgb, wanted, image_outputs)
-        )
+        write = image_outputs and primary
+        images.append(_segment_one(model, output_dir, stem, source, raw, rgb, wanted, write))
     bar.close()
     found = {n for row in images for n in (row["image_id"], os.path.basename(row["file"]))}
     summary = {
@@ -215,8 +217,9 @@ def _run(
         "summary": os.path.join(output_dir, "summary.json"),
     }
     rows = [r for row in images for r in row.pop("submission")]
-    outputs.write_csv(summary["submission"], ("ImageId", "EncodedPixels"), rows)
-    outputs.write_text(summary["summary"], json.dumps(summary, indent=2) + "\n")
+    if primary:  # every process segmented the same images; one writes
+        outputs.write_csv(summary["submission"], ("ImageId", "EncodedPixels"), rows)
+        outputs.write_text(summary["summary"], json.dumps(summary, indent=2) + "\n")
     return summary
 
 

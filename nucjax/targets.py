@@ -3,7 +3,7 @@
 Every function here is pure jax.numpy with static shapes, so it runs inside the jitted training
 step, under vmap, and on numpy input. Labels follow the host batch contract
 (nucjax.models.spec): int32 instance ids, 0 background, > 0 nuclei (ids need not be
-contiguous: crops keep arbitrary ids), -1 "not labelled" (padding, tiles past an edge).
+contiguous: crops keep arbitrary ids), -1 "not labelled" (padding around small images).
 
 Neighbourhoods are the 8-connected 3x3 window. Pixels outside the image and pixels labelled -1
 are "unknown": they never make a pixel a border, because we cannot tell what lies there.

@@ -201,6 +201,10 @@ class _Run:
             every_steps=config.train.checkpoint_every_steps,
             keep=config.train.keep_checkpoints,
         )
+        if workdirs.saved_config(workdir) is not None:
+            # Resuming under a config that builds another network (another input view,
+            # activation, ...) would train on silently; the shape check below cannot see it.
+            workdirs.resolve_config(workdir, config)
         self.state, restored = self.ckpt.restore(state, self.meta)
         self.start = int(jax.device_get(self.state.step))
         if restored is not None:

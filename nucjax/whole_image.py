@@ -44,7 +44,6 @@ import skimage.transform
 from nucjax.models.spec import Instances, ModelSpec
 from nucjax.postprocess import relabel_sequential
 
-# Values for config.eval fields that a config saved before they existed lacks.
 # A rescale closer to 1 than this is not worth a second pass.
 _SCALE_TOLERANCE = 0.1
 
@@ -207,7 +206,7 @@ def _crop_instances(instances: Instances, h: int, w: int) -> Instances:
     return Instances(relabel_sequential(label), np.asarray(instances.scores)[kept - 1])
 
 
-def _instances(spec: ModelSpec, outputs, h: int, w: int) -> Instances:
+def instances(spec: ModelSpec, outputs, h: int, w: int) -> Instances:
     """spec.postprocess of one image's outputs, as Instances of (h, w) int32 / float32."""
     instances = spec.postprocess(outputs)
     if not spec.tileable:
@@ -216,6 +215,12 @@ def _instances(spec: ModelSpec, outputs, h: int, w: int) -> Instances:
     if label.shape != (h, w):
         raise ValueError(f"post-processing gave a label of shape {label.shape}, not {(h, w)}")
     return Instances(label, np.asarray(instances.scores, np.float32))
+
+
+def foreground(spec: ModelSpec, outputs, h: int, w: int) -> np.ndarray:
+    """(h, w) float32 nucleus probability from one image's outputs (predict_image's)."""
+    batched = jax.tree.map(lambda x: x[None], outputs)
+    return np.asarray(spec.foreground(batched), np.float32)[0, :h, :w]
 
 
 def segment_image(spec: ModelSpec, variables, image: np.ndarray, eval_config) -> ImagePrediction:
@@ -230,24 +235,25 @@ def segment_image(spec: ModelSpec, variables, image: np.ndarray, eval_config) ->
     t0 = time.perf_counter()
     outputs = predict_image(spec, variables, image, eval_config)
     t1 = time.perf_counter()
-    instances = _instances(spec, outputs, h, w)
+    nuclei = instances(spec, outputs, h, w)
     predict_s, postprocess_s = t1 - t0, time.perf_counter() - t1
-    scale = rescale_factor(spec, instances.label, eval_config)
+    scale = rescale_factor(spec, nuclei.label, eval_config)
     if scale != 1.0:
         t0 = time.perf_counter()
         outputs = predict_rescaled(spec, variables, image, scale, eval_config)
         t1 = time.perf_counter()
-        instances = _instances(spec, outputs, h, w)
+        nuclei = instances(spec, outputs, h, w)
         predict_s, postprocess_s = predict_s + t1 - t0, postprocess_s + time.perf_counter() - t1
     t0 = time.perf_counter()
-    batched = jax.tree.map(lambda x: x[None], outputs)
-    foreground = np.asarray(spec.foreground(batched), np.float32)[0, :h, :w]
+    fg = foreground(spec, outputs, h, w)
     predict_s += time.perf_counter() - t0
-    return ImagePrediction(outputs, foreground, instances, predict_s, postprocess_s, scale)
+    return ImagePrediction(outputs, fg, nuclei, predict_s, postprocess_s, scale)
 
 
 __all__ = [
     "ImagePrediction",
+    "foreground",
+    "instances",
     "predict_image",
     "predict_rescaled",
     "rescale_factor",

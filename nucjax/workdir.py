@@ -97,11 +97,9 @@ def _flat(tree, prefix: str = "") -> dict[str, Any]:
 
 
 def network_differences(saved, given) -> list[str]:
-    """'field: saved vs given' for every NETWORK_FIELDS entry where the configs differ.
-
-    A field the saved config lacks (added to nucjax after that run) is not a difference: the
-    given config supplies it, and new fields default to the old behaviour.
-    """
+    """'field: saved vs given' for every NETWORK_FIELDS entry of the saved config where the
+    configs differ (saved_config has already filled fields added after the run with their
+    config file's defaults, which keep the old behaviour)."""
     flat_a = _flat(json.loads(saved.to_json_best_effort()))
     flat_b = _flat(json.loads(given.to_json_best_effort()))
     keys = {k for k in flat_a if k.startswith(NETWORK_FIELDS)}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import mask_rcnn, resnet, simple_cnn, unet
-from nucjax import checkpoint, models, optim, parallel, train
+from nucjax import checkpoint, models, optim, parallel, train, workdir
 from nucjax.data import pipeline
 from tests.conftest import REPO
 
@@ -178,7 +178,16 @@ def test_resume_equals_straight_through(tmp_path):
 
 
 def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
+    """Resuming under a config that builds another network fails, naming what differs: from
+    the saved config.json, or (a workdir without one) from the checkpoint's shapes."""
     train.train_and_evaluate(tiny(simple_cnn), str(tmp_path))
+    with pytest.raises(workdir.ConfigMismatchError, match="model.name: 'simple_cnn' vs 'unet'"):
+        train.train_and_evaluate(tiny(unet), str(tmp_path))
+    relu = tiny(simple_cnn)
+    relu.model.hidden_activation = "relu"  # same shapes: only the saved config can tell
+    with pytest.raises(workdir.ConfigMismatchError, match="hidden_activation: 'sigmoid' vs"):
+        train.train_and_evaluate(relu, str(tmp_path))
+    (tmp_path / "config.json").unlink()
     with pytest.raises(checkpoint.IncompatibleCheckpointError, match="holds a 'simple_cnn' model"):
         train.train_and_evaluate(tiny(unet), str(tmp_path))
     wider = tiny(simple_cnn)

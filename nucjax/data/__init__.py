@@ -2,14 +2,19 @@
 
 `raw_dataset(config.data, split)` gives decoded, unaugmented examples as a tf.data.Dataset of
 {image (H, W, 3) uint8, label (H, W) int32, id string, modality int64}, whichever the source;
-nucjax.data.pipeline turns them into training and evaluation batches. Sources are imported
-lazily so that a synthetic run never touches the DSB reader and vice versa.
+nucjax.data.pipeline turns them into training batches, nucjax.evaluators scores them whole.
+Sources are imported lazily so that a synthetic run never touches the DSB reader and vice
+versa.
 """
 
 from __future__ import annotations
 
 SOURCES = ("dsb2018", "synthetic")
 SPLITS = ("train", "validation", "test")
+
+
+class UnknownSplitError(ValueError):
+    """A split name that is not one of SPLITS."""
 
 
 def _check_source(data_config) -> str:
@@ -33,7 +38,7 @@ def _dsb2018_kwargs(data_config) -> dict:
 def synthetic_seed(data_config, split: str) -> int:
     """The synthetic generator's seed for a split: distinct per (split_seed, split)."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+        raise UnknownSplitError(f"unknown split {split!r}; use one of {SPLITS}")
     return len(SPLITS) * data_config.split_seed + SPLITS.index(split)
 
 

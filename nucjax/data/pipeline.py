@@ -31,9 +31,6 @@ from nucjax.data import raw_dataset
 from nucjax.data.images import MIN_STD, input_view
 from nucjax.runtime import import_tensorflow
 
-# ----------------------------------------------------------------------------- images
-
-
 # ----------------------------------------------------------------------------- training
 
 

@@ -211,8 +211,9 @@ def synthetic_dataset(
     size, seed); seed >= 0. Use different seeds for different splits (nucjax.data.raw_dataset
     does).
     """
-    import tensorflow as tf
+    from nucjax.runtime import import_tensorflow
 
+    tf = import_tensorflow()
     h, w = (size, size) if isinstance(size, int) else size
     signature = {
         "image": tf.TensorSpec((h, w, 3), tf.uint8),

@@ -4,11 +4,11 @@ A model is "network + its loss + its post-processing" in one object (the scenic 
 that one trainer serves every model without branching on its name.
 
 Host batches (what every input path yields, numpy or jax arrays):
-  image: (B, H, W, 3) float32, per-image normalised (nucjax.data.pipeline.normalize_image)
+  image: (B, H, W, 3) float32, per-image normalised (nucjax.data.images.network_input)
   label: (B, H, W) int32 instance ids, 0 background, 1..N nuclei, -1 "not labelled"
-         (padding around small images, tiles past an image's edge, unlabelled test images);
-         pixels labelled -1 carry no loss and count in no metric
-  valid: (B,) float32, 1.0 for a real example, 0.0 for padding that fills the last eval batch
+         (padding around small images, unlabelled test images); pixels labelled -1 carry no
+         loss and count in no metric
+  valid: (B,) float32, 1.0 for a real example, 0.0 for a padding example (counts nowhere)
 
 Sums and counts: losses and metrics travel as (sum, count) pairs so that a mean over devices,
 padded batches or several batches is exact: mean = sum(sums) / sum(counts).
