@@ -14,6 +14,36 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def _shown(token: str) -> str:
+    return token if len(token) <= 24 else token[:20] + "..."
+
+
+def _row_numbers(tokens: list[str], i: int, size: int) -> list[int]:
+    """One row's tokens -> ints, each an ASCII decimal integer in 0..size.
+
+    int() alone would take '1_0' as 10 and Unicode digits such as '²' or '٣', and a huge
+    value would overflow int64 in numpy later; so digits and magnitude are checked here.
+    """
+    if not tokens:
+        return []
+    text = "".join(tokens)
+    if not (text.isascii() and text.isdigit()):
+        bad = next(t for t in tokens if not (t.isascii() and t.isdigit()))
+        raise ValueError(f"RLE row {i}: {_shown(bad)!r} is not a decimal integer (digits 0-9 only)")
+    longest = len(str(size))
+    if all(len(t) <= longest for t in tokens):  # the common case: no int() of a huge string
+        numbers = list(map(int, tokens))
+        if max(numbers, default=0) <= size:
+            return numbers
+    digits = [t.lstrip("0") or "0" for t in tokens]  # int() refuses over 4300 digits
+    too_big = [k for k, d in enumerate(digits) if len(d) > longest or int(d) > size]
+    if not too_big:  # only leading zeros made a token long
+        return list(map(int, digits))
+    k = too_big[0]
+    what = "start" if k % 2 == 0 else "length"
+    raise ValueError(f"RLE row {i}: {what} {_shown(tokens[k])} exceeds the image's {size} pixels")
+
+
 def _runs(rows: Sequence[str], size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validated runs of RLE rows: (starts, ends, row index), 0-based, end exclusive, int64."""
     numbers, pairs_per_row = [], []
@@ -21,11 +51,7 @@ def _runs(rows: Sequence[str], size: int) -> tuple[np.ndarray, np.ndarray, np.nd
         tokens = rle.split()
         if len(tokens) % 2:
             raise ValueError(f"RLE row {i} has an odd number of values ({len(tokens)})")
-        try:
-            numbers.extend(map(int, tokens))
-        except ValueError:
-            bad = next(t for t in tokens if not t.lstrip("+-").isdigit())
-            raise ValueError(f"RLE row {i} holds a token that is not an integer: {bad!r}") from None
+        numbers.extend(_row_numbers(tokens, i, size))
         pairs_per_row.append(len(tokens) // 2)
     numbers = np.array(numbers, dtype=np.int64).reshape(-1, 2)
     starts, lengths = numbers[:, 0] - 1, numbers[:, 1]

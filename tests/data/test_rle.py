@@ -81,7 +81,7 @@ def test_labels_from_rle_row_i_is_instance_i_plus_1():
     "text, message",
     [
         ("1 2 3", "odd number"),
-        ("1 x", "not an integer"),
+        ("1 x", "'x' is not a decimal integer"),
         ("0 2", "below 1"),
         ("4 0", "length below 1"),
         ("8 3", "past the image's 9 pixels"),
@@ -102,3 +102,31 @@ def test_malformed_row_is_named():
 def test_overlapping_rows():
     with pytest.raises(ValueError, match=r"rows \[0, 2\] overlap at pixel 3"):
         rle.labels_from_rle(["1 4", "7 1", "3 1"], (3, 3))
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        # int() reads Unicode digits and underscores; the CSV format has neither.
+        (["1 1", "\u00b2 1"], r"row 1: '\u00b2' is not a decimal integer"),
+        (["1 1", "2 \u0663"], r"row 1: '\u0663' is not a decimal integer"),
+        (["1_0 1"], "row 0: '1_0' is not a decimal integer"),
+        (["1 1_0"], "row 0: '1_0' is not a decimal integer"),
+        (["+1 1"], "row 0: '\\+1' is not a decimal integer"),
+        (["-1 1"], "row 0: '-1' is not a decimal integer"),
+        # Out of the image: named before numpy (int64 overflow) or indexing sees them.
+        (["1 1", "10 1"], "row 1: start 10 exceeds the image's 9 pixels"),
+        (["1 10"], "row 0: length 10 exceeds the image's 9 pixels"),
+        (["99999999999999999999999 1"], "row 0: start 99999999999999999999999 exceeds"),
+        (["1 " + "9" * 5000], r"row 0: length 9{20}\.\.\. exceeds the image's 9 pixels"),
+    ],
+)
+def test_tokens_must_be_ascii_integers_within_the_image(rows, message):
+    with pytest.raises(ValueError, match=message):
+        rle.labels_from_rle(rows, (3, 3))
+
+
+def test_leading_zeros_are_still_numbers():
+    np.testing.assert_array_equal(
+        rle.labels_from_rle(["0" * 5000 + "2 01"], (3, 3)), [[0, 0, 0], [1, 0, 0], [0, 0, 0]]
+    )
