@@ -104,7 +104,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
-    from nucjax import checkpoint, data, evaluators, workdir
+    from nucjax import checkpoint, config_checks, data, evaluators, workdir
 
     logging.info("JAX devices: %s", jax.devices())
     try:
@@ -113,6 +113,7 @@ def main(argv):
         FileNotFoundError,  # also checkpoint.CheckpointNotFoundError
         FloatingPointError,  # a diverged training: the message names the last good checkpoint
         checkpoint.IncompatibleCheckpointError,
+        config_checks.ConfigError,
         data.UnknownSplitError,
         evaluators.UnlabelledSplitError,
         workdir.ConfigMismatchError,

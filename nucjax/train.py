@@ -31,7 +31,16 @@ from absl import logging
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from nucjax import checkpoint, evaluators, models, optim, outputs, parallel, reporting
+from nucjax import (
+    checkpoint,
+    config_checks,
+    evaluators,
+    models,
+    optim,
+    outputs,
+    parallel,
+    reporting,
+)
 from nucjax import workdir as workdirs
 from nucjax.models.spec import ModelSpec
 
@@ -189,6 +198,8 @@ class _Run:
         from nucjax import data
 
         self.spec = models.build(config)
+        # Before anything compiles: a bad value fails here, naming its field, not inside XLA.
+        config_checks.check_training(config, self.spec.stride)
         self.mesh = parallel.make_mesh()
         parallel.check_batch_size(config.train.batch_size, self.mesh)
         self.num_train = data.num_examples(config.data, "train")
