@@ -48,7 +48,6 @@ def get_config(arg=None):
     config.optim.learning_rate = 0.1
     config.train.batch_size = 10
     config.train.num_epochs = 40
-    config.train.checkpoint_every_steps = 1000
 
     if variant in ("quick", "best"):
         m.depth = 18

@@ -10,6 +10,10 @@
 Training needs --config (a locked file: a mistyped override such as
 --config.optim.learning_rte=0.1 fails). Evaluate and predict use the config the workdir saved;
 a --config given there may change evaluation and post-processing (config.eval), not the network.
+
+Exit codes: 0 done; 1 an error (expected user errors print one line: a config value out of
+range, a missing checkpoint, ...); 3 training was stopped by SIGTERM or SIGINT after saving a
+checkpoint (nucjax.preemption): run the same command again to resume.
 """
 
 from __future__ import annotations
@@ -104,7 +108,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
-    from nucjax import checkpoint, config_checks, data, evaluators, workdir
+    from nucjax import checkpoint, config_checks, data, evaluators, preemption, workdir
 
     logging.info("JAX devices: %s", jax.devices())
     try:
@@ -120,6 +124,10 @@ def main(argv):
     ) as e:
         # Expected user errors: one line that says what is wrong, not a traceback.
         sys.exit(f"nucjax: {e}")
+    except preemption.Preempted as e:
+        # Its own exit code, so a job script can tell "resubmit me" from success and failure.
+        print(f"nucjax: {e}", file=sys.stderr)
+        sys.exit(preemption.EXIT_CODE)
 
 
 if __name__ == "__main__":

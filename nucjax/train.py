@@ -39,10 +39,12 @@ from nucjax import (
     optim,
     outputs,
     parallel,
+    preemption,
     reporting,
 )
 from nucjax import workdir as workdirs
 from nucjax.models.spec import ModelSpec
+from nucjax.preemption import Preempted
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -251,11 +253,21 @@ def _default_batches(config, start: int) -> Iterator:
     )
 
 
+def _log_train(step: int, pending, ckpt: checkpoint.Checkpointer, writer, bar) -> None:
+    """Write the mean metrics since the last log; stop if any is not finite."""
+    scalars = means(pending)
+    _check_finite(step, scalars, ckpt)
+    writer.write(step, "train", scalars)
+    bar.set_postfix({k: f"{scalars[k]:.4g}" for k in ("loss",) if k in scalars}, refresh=False)
+
+
 def train_and_evaluate(config, workdir: str, batches: Iterator | None = None) -> dict[str, Any]:
     """Train `config` in `workdir`, resuming from its latest checkpoint. Returns the summary.
 
     batches: an iterator of host batches (see nucjax.models.spec) to train on instead of the
     tf.data pipeline; it must start at the state's step (the default pipeline does).
+    Raises Preempted after SIGTERM or SIGINT, with a checkpoint at the step it names
+    (nucjax.preemption); running again resumes there.
     """
     run = _Run(config, workdir)
     batches = batches if batches is not None else _default_batches(config, run.start)
@@ -264,32 +276,35 @@ def train_and_evaluate(config, workdir: str, batches: Iterator | None = None) ->
     state, ckpt, steps = run.state, run.ckpt, run.steps
     bar = reporting.progress(steps, "train", "step", initial=run.start)
     pending, t_start, t_first, results = None, time.perf_counter(), None, {}
-    try:
-        for step in range(run.start + 1, steps + 1):
-            state, sums = train_step(state, parallel.shard_batch(next(batches), run.mesh))
-            pending = add_sums(pending, sums)
-            if t_first is None:  # the first step includes compilation
-                jax.block_until_ready(state.step)
-                t_first = time.perf_counter()
-            if step % config.train.log_every_steps == 0 or step == steps or ckpt.due(step):
-                scalars, pending = means(pending), None
-                _check_finite(step, scalars, ckpt)
-                run.writer.write(step, "train", scalars)
-                bar.set_postfix(
-                    {k: f"{scalars[k]:.4g}" for k in ("loss",) if k in scalars}, refresh=False
-                )
-            bar.update(step - bar.n)
-            if ckpt.due(step) or step == steps:
-                ckpt.save(step, state, run.meta)
-            if step % eval_every == 0 or step == steps:
-                results = run_evaluators(config, run.spec, state, step, run.writer)
-        jax.block_until_ready(state)
-    finally:
-        # On any exit, let a checkpoint being written finish: nothing half-written survives.
-        bar.close()
-        ckpt.wait()
-        ckpt.close()
-        run.writer.close()
+    with preemption.stop_signals() as stop:
+        try:
+            for step in range(run.start + 1, steps + 1):
+                state, sums = train_step(state, parallel.shard_batch(next(batches), run.mesh))
+                pending = add_sums(pending, sums)
+                if t_first is None:  # the first step includes compilation
+                    jax.block_until_ready(state.step)
+                    t_first = time.perf_counter()
+                # Read the flag once per step so that logging, saving and stopping agree on it.
+                stopping = stop.signum is not None and step < steps
+                saving = ckpt.due(step) or step == steps or stopping
+                if step % config.train.log_every_steps == 0 or saving:
+                    _log_train(step, pending, ckpt, run.writer, bar)
+                    pending = None
+                bar.update(step - bar.n)
+                if saving:
+                    ckpt.save(step, state, run.meta)
+                if stopping:  # no evaluation: a scheduler's grace period is short
+                    ckpt.wait()
+                    raise preemption.Preempted(step, stop.signum, ckpt.directory)
+                if step % eval_every == 0 or step == steps:
+                    results = run_evaluators(config, run.spec, state, step, run.writer)
+            jax.block_until_ready(state)
+        finally:
+            # On any exit, let a checkpoint being written finish: nothing half-written survives.
+            bar.close()
+            ckpt.wait()
+            ckpt.close()
+            run.writer.close()
     t_end = time.perf_counter()
     times = {
         "wall_clock_s": t_end - t_start,
@@ -305,6 +320,7 @@ def train_and_evaluate(config, workdir: str, batches: Iterator | None = None) ->
 
 
 __all__ = [
+    "Preempted",
     "TrainState",
     "init_state",
     "make_optimizer",

@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import mask_rcnn, resnet, simple_cnn, unet
-from nucjax import checkpoint, models, optim, parallel, train, workdir
+from nucjax import checkpoint, config_checks, models, optim, parallel, train, workdir
 from nucjax.data import pipeline
 from tests.conftest import REPO
 
@@ -77,6 +78,17 @@ def test_table2_values():
     assert simple_cnn.get_config().model.output_activation == "sigmoid"
     assert unet.get_config().model.hidden_activation == "elu"
     assert unet.get_config().model.output_activation == "sigmoid"
+
+
+def test_paper_runs_checkpoint_before_the_end():
+    """603 training images (670 less the 67 validation ones): at the old default of 1000 the
+    paper U-Net (760 steps) and Simple CNN (285) saved nothing until their last step."""
+    for module in (simple_cnn, unet, resnet, mask_rcnn):
+        config = module.get_config()
+        assert 0 < config.train.checkpoint_every_steps < train.total_steps(config, 603)
+    config = unet.get_config()
+    config.train.checkpoint_every_steps = 1000  # the paper's interval stays available
+    config_checks.check_training(config, models.build(config).stride)
 
 
 def test_optimizers_map_to_optax():
@@ -155,26 +167,70 @@ def _restored_params(workdir, config):
     return step, host.params, host.batch_stats, host.opt_state
 
 
-def test_resume_equals_straight_through(tmp_path):
-    """6 steps straight == 3 steps, a crash at step 5, a re-run of the same command.
-
-    The tiny U-Net with batch norm and dropout: batch statistics must come back from the
-    checkpoint and dropout keys must replay.
-    """
+def _resume_config():
+    """The tiny U-Net with batch norm and dropout: batch statistics must come back from the
+    checkpoint and dropout keys must replay."""
     config = tiny(unet, num_steps=6, checkpoint_every_steps=3, eval_every_steps=100)
     config.model.batch_norm = True
-    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    train.train_and_evaluate(config, straight)
+    return config
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """(step, params, batch_stats, opt_state) after 6 uninterrupted steps of _resume_config."""
+    config = _resume_config()
+    workdir = str(tmp_path_factory.mktemp("straight"))
+    train.train_and_evaluate(config, workdir)
+    return _restored_params(workdir, config)
+
+
+def _assert_same_state(a, b, exact: bool):
+    assert a[0] == b[0] == 6
+    for x, y in zip(a[1:], b[1:], strict=True):
+        if exact:
+            jax.tree.map(np.testing.assert_array_equal, x, y)
+        else:
+            jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-7), x, y)
+
+
+def test_resume_equals_straight_through(straight_run, tmp_path):
+    """6 steps straight == 3 steps, a crash at step 5, a re-run of the same command."""
+    config, resumed = _resume_config(), str(tmp_path / "resumed")
     batches = pipeline.train_batches(config.data, batch_size=4, seed=config.seed)
     with pytest.raises(Interrupt):
         train.train_and_evaluate(config, resumed, batches=_interrupting(batches, after=4))
     assert _restored_params(resumed, config)[0] == 3
     summary = train.train_and_evaluate(config, resumed)
     assert summary["resumed_from"] == 3
-    a, b = _restored_params(straight, config), _restored_params(resumed, config)
-    assert a[0] == b[0] == 6
-    for x, y in zip(a[1:], b[1:], strict=True):
-        jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-7), x, y)
+    _assert_same_state(straight_run, _restored_params(resumed, config), exact=False)
+
+
+def _signalling(iterator, at: int, signum: int):
+    """The batches of `iterator`; sends `signum` to this process while yielding batch `at`."""
+    for i, batch in enumerate(iterator):
+        if i == at:
+            os.kill(os.getpid(), signum)
+        yield batch
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_saves_the_step_in_flight_and_resume_is_exact(signum, straight_run, tmp_path):
+    """A signal while step 2's batch is read: step 2 completes, is checkpointed (and nothing
+    else: the periodic checkpoint would be step 3), training stops with Preempted, the handlers
+    are given back, and re-running ends bit-identical to 6 uninterrupted steps."""
+    config, workdir = _resume_config(), str(tmp_path / "preempted")
+    before = signal.getsignal(signum)
+    batches = pipeline.train_batches(config.data, batch_size=4, seed=config.seed)
+    with pytest.raises(train.Preempted, match=f"{signum.name} after step 2") as stopped:
+        train.train_and_evaluate(config, workdir, batches=_signalling(batches, 1, signum))
+    assert (stopped.value.step, stopped.value.signum) == (2, signum)
+    assert signal.getsignal(signum) is before
+    assert checkpoint.saved_steps(os.path.join(workdir, "checkpoints")) == [2]
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2]
+    summary = train.train_and_evaluate(config, workdir)
+    assert summary["resumed_from"] == 2
+    _assert_same_state(straight_run, _restored_params(workdir, config), exact=True)
 
 
 def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
