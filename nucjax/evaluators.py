@@ -81,8 +81,7 @@ class Evaluator:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"evaluator kind {self.kind!r}; choose one of {KINDS}")
-        if self.split not in data.SPLITS:
-            raise data.UnknownSplitError(f"unknown split {self.split!r}; use one of {data.SPLITS}")
+        data.check_split(self.split)
 
     def num_images(self, data_config) -> int:
         total = data.num_examples(data_config, self.split)

@@ -35,15 +35,22 @@ def _dsb2018_kwargs(data_config) -> dict:
     }
 
 
-def synthetic_seed(data_config, split: str) -> int:
-    """The synthetic generator's seed for a split: distinct per (split_seed, split)."""
+def check_split(split: str) -> str:
+    """split, or UnknownSplitError naming the known ones."""
     if split not in SPLITS:
         raise UnknownSplitError(f"unknown split {split!r}; use one of {SPLITS}")
+    return split
+
+
+def synthetic_seed(data_config, split: str) -> int:
+    """The synthetic generator's seed for a split: distinct per (split_seed, split)."""
+    check_split(split)
     return len(SPLITS) * data_config.split_seed + SPLITS.index(split)
 
 
 def raw_dataset(data_config, split: str):
     """The decoded examples of one split, in a fixed order (tf.data.Dataset, see module doc)."""
+    check_split(split)
     if _check_source(data_config) == "dsb2018":
         from nucjax.data import dsb2018
 
@@ -60,9 +67,9 @@ def raw_dataset(data_config, split: str):
 
 def num_examples(data_config, split: str) -> int:
     """How many images raw_dataset(data_config, split) holds."""
+    check_split(split)
     if _check_source(data_config) == "dsb2018":
         from nucjax.data import dsb2018
 
         return dsb2018.num_examples(split, **_dsb2018_kwargs(data_config))
-    synthetic_seed(data_config, split)  # rejects unknown splits the same way
     return int(data_config.synthetic_num_images)

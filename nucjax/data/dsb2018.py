@@ -268,7 +268,5 @@ def num_examples(split: str, **prepare_kwargs) -> int:
 
 def _check_split(split: str) -> str:
     if split not in SPLITS:
-        from nucjax.data import UnknownSplitError
-
-        raise UnknownSplitError(f"unknown split {split!r}; use one of {SPLITS}")
+        raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
     return split
