@@ -19,7 +19,7 @@ import os
 
 import jax
 
-from nucjax import evaluators, outputs
+from nucjax import data, evaluators, outputs
 from nucjax import workdir as workdirs
 
 # The metrics of the by-modality table.
@@ -84,7 +84,7 @@ def evaluate(
     Returns the report written to JSON: {"metrics", "by_modality", "images", settings, paths}.
     """
     if split is not None:
-        evaluators.Evaluator(split, split)  # an unknown split fails before any restore
+        data.check_split(split)  # before any restore
     model = model or workdirs.load(workdir, config, step)
     config = model.config
     evaluator = evaluators.for_split(config, split)
