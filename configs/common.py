@@ -75,6 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
     ev.tile_size = 512  # whole images are predicted in overlapping tiles of this size
     ev.tile_overlap = 64
     ev.flip_tta = False  # average each tile's logits over its 4 flips (per-pixel models only)
+    ev.transpose_tta = False  # with flip_tta: and over the transposed tile's 4 flips (8 in all)
     ev.nucleus_area = 0.0  # px; > 0: rescale images so the median nucleus has this area; 0 = off
     ev.min_scale = 0.5  # lower bound of the nucleus_area rescale factor
     ev.max_scale = 2.0  # upper bound of the nucleus_area rescale factor

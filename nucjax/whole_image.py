@@ -19,7 +19,8 @@ its foreground map and nuclei are then cropped back to the image.
 Two inference-time options of config.eval, for tileable specs only (others ignore them):
 - `flip_tta`: each tile is also predicted flipped left-right, up-down and both; the outputs
   (logits) are flipped back and the four averaged. Flips keep the tile shape, so one
-  compilation serves all four, run as one batch.
+  compilation serves all four, run as one batch. With `transpose_tta` as well, the transposed
+  tile's four flips join them: all eight symmetries of the square (the rot90s among them).
 - `nucleus_area` (pixels, 0 = off): after a first pass, the image is rescaled by
   sqrt(nucleus_area / median predicted nucleus area), clipped to [min_scale, max_scale],
   predicted again, and the outputs resized back, so nuclei reach the network at the size it
@@ -53,13 +54,25 @@ def _apply(module, variables, images):
     return module.apply(variables, images, train=False)
 
 
-@functools.partial(jax.jit, static_argnames="module")
-def _apply_flip_tta(module, variables, images):
+def _mean_of_flips(module, variables, images):
     """images (B, H, W, 3) -> the mean of the outputs of the four flips, each flipped back."""
     flips = ((), (2,), (1,), (1, 2))  # as is, left-right, up-down, both
     views = jnp.concatenate([jnp.flip(images, axis) for axis in flips])
     outs = jnp.split(module.apply(variables, views, train=False), len(flips))
     return sum(jnp.flip(o, axis) for o, axis in zip(outs, flips, strict=True)) / len(flips)
+
+
+@functools.partial(jax.jit, static_argnames=("module", "transpose"))
+def _apply_tta(module, variables, images, transpose: bool):
+    """images (B, H, W, 3) -> outputs averaged over the four flips; with transpose also over
+    the four flips of the transposed images (the eight symmetries of the square, so the four
+    rot90s among them), each mapped back. A non-square tile's transpose is a second shape in
+    the same compiled program."""
+    out = _mean_of_flips(module, variables, images)
+    if transpose:
+        swapped = _mean_of_flips(module, variables, jnp.swapaxes(images, 1, 2))
+        out = (out + jnp.swapaxes(swapped, 1, 2)) / 2
+    return out
 
 
 def round_to_stride(size: int, stride: int) -> int:
@@ -95,13 +108,17 @@ def tile_grid(height: int, width: int, stride: int, tile_size: int, overlap: int
     return rows, cols, (min(tile, hp), min(tile, wp))
 
 
-def _run_tiles(spec: ModelSpec, variables, tiles: np.ndarray, batch_size: int, tta: bool):
-    """tiles (n, h, w, 3) -> outputs (n, h, w, C), in batches of a fixed size (one compile)."""
+def _run_tiles(spec: ModelSpec, variables, tiles: np.ndarray, batch_size: int, ev):
+    """tiles (n, h, w, 3) -> outputs (n, h, w, C), in batches of a fixed size (one compile),
+    with the test-time augmentation config.eval `ev` asks for."""
     batch = max(1, min(batch_size, len(tiles)))
     pad = -len(tiles) % batch
     if pad:
         tiles = np.concatenate([tiles, np.zeros((pad, *tiles.shape[1:]), tiles.dtype)])
-    apply = _apply_flip_tta if tta else _apply
+    if ev.flip_tta:
+        apply = functools.partial(_apply_tta, transpose=bool(ev.transpose_tta))
+    else:
+        apply = _apply
     outs = [
         np.asarray(apply(spec.module, variables, tiles[i : i + batch]))
         for i in range(0, len(tiles), batch)
@@ -115,11 +132,11 @@ def predict_image(
     """Model outputs of one whole normalised image.
 
     image: (H, W, 3) float32 (nucjax.data.images.network_input), any H, W >= 1.
-    eval_config: config.eval; reads tile_size, tile_overlap and flip_tta.
+    eval_config: config.eval; reads tile_size, tile_overlap, flip_tta and transpose_tta.
     Tileable specs: returns (H, W, C) float32 numpy (logits for semantic models), from tiles of
     at most tile_size (rounded down to the stride) overlapping by tile_overlap pixels, run
-    batch_size at a time (times four flips with flip_tta, averaged); the jitted apply compiles
-    once per (batch, tile shape).
+    batch_size at a time (times four flips with flip_tta, eight with transpose_tta too,
+    averaged); the jitted apply compiles once per (batch, tile shape).
     Other specs: the outputs pytree of the stride-padded image, batch axis removed (flip_tta
     is ignored: their outputs are no per-pixel maps to flip back).
     """
@@ -136,7 +153,7 @@ def predict_image(
     ev = eval_config
     rows, cols, (th, tw) = tile_grid(h, w, stride, ev.tile_size, ev.tile_overlap)
     tiles = np.stack([padded[y : y + th, x : x + tw] for y, _, _ in rows for x, _, _ in cols])
-    outs = _run_tiles(spec, variables, tiles, batch_size, bool(ev.flip_tta))
+    outs = _run_tiles(spec, variables, tiles, batch_size, ev)
     result = np.empty((hp, wp, outs.shape[-1]), np.float32)
     k = 0
     for y, y0, y1 in rows:

@@ -2,6 +2,7 @@
 flip test-time augmentation and rescaling to a nucleus area."""
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -119,6 +120,27 @@ def test_flip_tta_averages_the_four_flipped_passes():
     ]
     np.testing.assert_allclose(tta, np.mean(passes, axis=0), rtol=0, atol=1e-5)
     assert np.abs(tta - passes[0]).max() > 1e-3  # a random network is not flip-equivariant
+
+
+def test_transpose_tta_averages_the_eight_symmetries_of_the_square():
+    spec, variables = random_model(simple_cnn.get_config("tiny"))
+    image, _ = synthetic_image((150, 97), seed=6)  # non-square tiles: the transpose is a new shape
+    ev = settings(32, 8, flip_tta=True, transpose_tta=True)
+    tta = whole_image.predict_image(spec, variables, image, ev)
+
+    def mapped_back(view, undo):
+        return undo(whole_image.predict_image(spec, variables, view, settings(256, 0)))
+
+    passes = []
+    for a in FLIPS:
+        flip = functools.partial(np.flip, axis=a)
+        passes.append(mapped_back(flip(image), flip))
+        passes.append(
+            mapped_back(flip(image.transpose(1, 0, 2)), lambda o, f=flip: f(o).transpose(1, 0, 2))
+        )
+    np.testing.assert_allclose(tta, np.mean(passes, axis=0), rtol=0, atol=1e-5)
+    flips_only = whole_image.predict_image(spec, variables, image, settings(32, 8, flip_tta=True))
+    assert np.abs(tta - flips_only).max() > 1e-3  # the transposed views were really used
 
 
 def test_rescale_factor_from_the_median_nucleus_area():
