@@ -32,6 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
     data.rot90 = True
     data.scale_jitter = 0.0  # random zoom in [1 - s, 1 + s]; 0 disables
     data.intensity_jitter = 0.0  # random contrast/brightness of +- this fraction; 0 disables
+    # On the device, in the train step (nucjax.augment), for any input pipeline:
+    data.blur = 0.0  # Gaussian blur of sigma ~ U(0, blur) pixels; 0 disables
+    data.noise = 0.0  # Gaussian noise of std ~ U(0, noise), normalised-image units; 0 disables
     data.max_instances = 512  # padded instances per crop (Mask R-CNN); DSB has up to 375
     data.prefetch = 2
     data.synthetic_num_images = 64  # data.source="synthetic": images per split

@@ -58,6 +58,8 @@ RULES = tuple(
         ("data.modality_balance", _at_least(0)),
         ("data.scale_jitter", _UNIT_OPEN),  # zoom in [1 - s, 1 + s] must stay positive
         ("data.intensity_jitter", _UNIT),
+        ("data.blur", _at_least(0)),
+        ("data.noise", _at_least(0)),
         ("data.max_instances", _at_least(1)),
         ("data.prefetch", _at_least(0)),
         ("data.synthetic_brightfield_fraction", _UNIT),

@@ -32,6 +32,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from nucjax import (
+    augment,
     checkpoint,
     config_checks,
     evaluators,
@@ -102,17 +103,31 @@ def _sums(pairs: Mapping[str, tuple], axis: str) -> dict[str, tuple]:
     return {k: (lax.psum(s, axis), lax.psum(c, axis)) for k, (s, c) in pairs.items()}
 
 
-def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, mesh):
+# fold_in data for the augmentation key; device keys fold in axis indices 0, 1, 2, ...
+_AUGMENT_STREAM = 2**31 - 1
+
+
+def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, mesh, augment=None):
     """(state, global batch) -> (state, metric sums), compiled once, state donated.
 
     Metric sums: {name: (sum, count)} over the global batch, names "loss", each loss term,
-    and the model's metrics.
+    and the model's metrics. augment: None or nucjax.augment.photometric(config.data), applied
+    to the images on the device before the model sees them.
     """
     axis = spec.axis_name
 
     def per_device(state: TrainState, batch):
-        key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(axis))
+        step_key = jax.random.fold_in(state.rng, state.step)
+        key = jax.random.fold_in(step_key, lax.axis_index(axis))
         dropout_key, sample_key = jax.random.split(key)
+        if augment is not None:  # keyed by global example index: the same on any device count
+            local = batch["image"].shape[0]
+            images = augment(
+                jax.random.fold_in(step_key, _AUGMENT_STREAM),
+                batch["image"],
+                lax.axis_index(axis) * local,
+            )
+            batch = {**batch, "image": images}
 
         def objective(params):
             outputs, mutated = spec.module.apply(
@@ -271,7 +286,7 @@ def train_and_evaluate(config, workdir: str, batches: Iterator | None = None) ->
     """
     run = _Run(config, workdir)
     batches = batches if batches is not None else _default_batches(config, run.start)
-    train_step = make_train_step(run.spec, run.tx, run.mesh)
+    train_step = make_train_step(run.spec, run.tx, run.mesh, augment.photometric(config.data))
     eval_every = config.train.eval_every_steps or math.ceil(run.num_train / config.train.batch_size)
     state, ckpt, steps = run.state, run.ckpt, run.steps
     bar = reporting.progress(steps, "train", "step", initial=run.start)
