@@ -119,6 +119,19 @@ def test_bundle_round_trip(trained):
         workdir.load(path, step=3)
 
 
+def test_evaluate_takes_a_bundle_and_writes_beside_it(trained):
+    """The same scores from the bundle as from its workdir; the report goes beside the file."""
+    from nucjax import evaluate
+
+    work, path, _ = trained
+    from_bundle, from_workdir = evaluate.evaluate(None, path), evaluate.evaluate(None, work)
+    assert from_bundle["step"] == from_workdir["step"] == 7
+    assert from_bundle["metrics"]["predicted_nuclei"] > 0
+    assert from_bundle["metrics"] == from_workdir["metrics"]
+    expected = os.path.join(path.removesuffix(".nucjax") + "_eval", "validation_step7.json")
+    assert from_bundle["json"] == expected and os.path.isfile(expected)
+
+
 def _rewritten(path, out, change):
     """A copy of the bundle `path` with change(name, data) -> data applied to every member
     (a valid zip: only nucjax's own checksums can tell)."""
