@@ -4,7 +4,9 @@
 #                          per CPU minute (configs/unet.py:best), evaluate it on validation
 #                          next to the classical baseline, segment the stage-1 test images
 #   ./launch.sh test       install (once) and run lint + the whole test suite
-#   ./launch.sh main ARGS  install (once) and run `python -m nucjax.main ARGS`
+#   ./launch.sh install    install (once): .venv with requirements.txt and nucjax itself
+#                          (editable), so `.venv/bin/nucjax` is the command line
+#   ./launch.sh main ARGS  install (once) and run `nucjax ARGS` (`python -m nucjax.main ARGS`)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -16,13 +18,15 @@ install() {
     echo "creating $VENV" >&2
     python3 -m venv "$VENV"
   fi
-  # Re-install only when requirements.txt changed since the last successful install.
+  # Re-install only when requirements.txt or pyproject.toml changed since the last install.
   local stamp="$VENV/.requirements.sha256"
   local want
-  want=$(sha256sum requirements.txt | cut -d' ' -f1)
+  want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    echo "installing requirements into $VENV" >&2
+    echo "installing requirements and nucjax into $VENV" >&2
     "$PY" -m pip install -q --disable-pip-version-check -r requirements.txt 2> >(grep -v "is ignored: it is neither" >&2)
+    # The `nucjax` command, running this checkout (requirements.txt holds the dependencies).
+    "$PY" -m pip install -q --disable-pip-version-check --no-deps -e .
     echo "$want" >"$stamp"
   fi
 }
@@ -55,13 +59,17 @@ case "$cmd" in
       --output=$workdir/stage1_test | tail -3
     echo "== outputs: $workdir (checkpoints, metrics.jsonl, tensorboard/, eval/, stage1_test/)"
     ;;
+  install)
+    install
+    echo "installed: $VENV/bin/nucjax (source $VENV/bin/activate to put it on your PATH)" >&2
+    ;;
   main)
     install
     shift
     "$PY" -m nucjax.main "$@"
     ;;
   *)
-    echo "usage: $0 [train|test [PYTEST ARGS]|main ARGS]" >&2
+    echo "usage: $0 [train|install|test [PYTEST ARGS]|main ARGS]" >&2
     exit 2
     ;;
 esac

@@ -9,6 +9,7 @@ split). Writes, atomically:
   workdir/eval/<split>_step<k>.json  every set metric, per modality, settings, one row per image
   workdir/eval/<split>_step<k>.md    a table: each metric, its value, its one-line definition,
                                      and the main metrics per modality
+(For a model bundle DIR/NAME.nucjax given as --workdir: DIR/NAME_eval/ instead of workdir/eval/.)
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def evaluate(
     config = model.config
     evaluator = evaluators.for_split(config, split)
     result = evaluator.run(config, model.spec, model.variables, show_progress=True)
-    out = os.path.join(os.path.abspath(workdir), "eval", f"{evaluator.split}_step{model.step}")
+    out = os.path.join(workdirs.output_dir(workdir, "eval"), f"{evaluator.split}_step{model.step}")
     report = {
         "model": config.model.name,
         "workdir": os.path.abspath(workdir),

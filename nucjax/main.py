@@ -1,19 +1,24 @@
-"""nucjax's command line.
+"""nucjax's command line: `nucjax MODE ...` (installed) or `python -m nucjax.main --mode=MODE ...`.
 
-  python -m nucjax.main --config=configs/unet.py:quick --workdir=runs/unet_quick
-  python -m nucjax.main --config=configs/unet.py --workdir=runs/unet \
-      --config.optim.learning_rate=3e-4
-  python -m nucjax.main --mode=evaluate --workdir=runs/unet
-  python -m nucjax.main --mode=predict --workdir=runs/unet \
-      --input=my_images/ --output=out/ [--figure_image=NAME] [--checkpoint_step=K]
+  nucjax train --config=unet:quick --workdir=runs/unet_quick
+  nucjax train --config=unet --workdir=runs/unet --config.optim.learning_rate=3e-4
+  nucjax evaluate --workdir=runs/unet
+  nucjax predict --workdir=runs/unet --input=my_images/ --output=out/
+      [--figure_image=NAME] [--checkpoint_step=K]
+  nucjax export --workdir=runs/unet --output=unet.nucjax     # one file to hand on
+  nucjax predict --workdir=unet.nucjax --input=my_images/     # a bundle wherever a workdir goes
 
-Training needs --config (a locked file: a mistyped override such as
+`nucjax MODE ARGS` is `python -m nucjax.main MODE ARGS` and `python -m nucjax.main --mode=MODE
+ARGS` (train is the default mode).
+--config takes a shipped config by name (unet, simple_cnn, resnet, mask_rcnn; `:VARIANT`
+after it) or a config file (configs/unet.py:quick): nucjax.configs.
+Training needs --config (a locked config: a mistyped override such as
 --config.optim.learning_rte=0.1 fails). Evaluate and predict use the config the workdir saved;
 a --config given there may change evaluation and post-processing (config.eval), not the network.
 
 Exit codes: 0 done; 1 an error (expected user errors print one line: a config value out of
-range, a missing checkpoint, ...); 3 training was stopped by SIGTERM or SIGINT after saving a
-checkpoint (nucjax.preemption): run the same command again to resume.
+range, a missing checkpoint, a damaged bundle, ...); 3 training was stopped by SIGTERM or
+SIGINT after saving a checkpoint (nucjax.preemption): run the same command again to resume.
 """
 
 from __future__ import annotations
@@ -25,26 +30,58 @@ import nucjax.runtime
 
 nucjax.runtime.configure()  # XLA CPU flags and the PRNG, before jax starts
 
-# Config files import `configs.common`; make the repository root importable from anywhere.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(nucjax.__file__))))
-
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from nucjax import configs  # noqa: E402
+
+MODES = ("train", "evaluate", "predict", "export")
+
+
+class _ShippedConfigs(flags.ArgumentParser):
+    """ml_collections' config file parser, given a shipped config's name as its file."""
+
+    def __init__(self, files: flags.ArgumentParser):
+        self.files = files
+
+    def parse(self, argument):
+        return self.files.parse(configs.config_file(argument))
+
+    def flag_type(self):
+        return self.files.flag_type()
+
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, e.g. configs/unet.py:quick.", lock_config=True
+    "config",
+    None,
+    "Experiment config: a shipped one by name (unet:quick; simple_cnn, unet, resnet, mask_rcnn) "
+    "or a config file (configs/unet.py:quick).",
+    lock_config=True,
 )
-flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and outputs go.")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"], "What to do.")
+FLAGS["config"].parser = _ShippedConfigs(FLAGS["config"].parser)
+flags.DEFINE_string(
+    "workdir",
+    None,
+    "Where checkpoints, metrics and outputs go. evaluate/predict/export: also a model bundle "
+    "file (nucjax export), whose outputs go beside it.",
+)
+flags.DEFINE_enum("mode", "train", MODES, "What to do (the console command's first word).")
 flags.DEFINE_string(
     "input",
     None,
     "predict: image files and/or folders, comma-separated; or split:NAME (e.g. split:test) "
     "for a split of config.data.",
 )
-flags.DEFINE_string("output", None, "predict: output folder (default WORKDIR/predictions).")
-flags.DEFINE_integer("checkpoint_step", None, "evaluate/predict: checkpoint step (default latest).")
+flags.DEFINE_string(
+    "output",
+    None,
+    "predict: output folder (default WORKDIR/predictions); export: the bundle file to write "
+    "(default WORKDIR/model.nucjax).",
+)
+flags.DEFINE_integer(
+    "checkpoint_step", None, "evaluate/predict/export: checkpoint step (default latest)."
+)
 flags.DEFINE_string(
     "figure_image", None, "predict: comma-separated image stems or file names to draw Figure 2 for."
 )
@@ -70,7 +107,7 @@ def _predict():
     if not FLAGS.input:
         raise app.UsageError("--mode=predict needs --input=FILES_OR_FOLDERS or --input=split:NAME")
     model = workdir.load(FLAGS.workdir, FLAGS.config, FLAGS.checkpoint_step)
-    output = FLAGS.output or os.path.join(FLAGS.workdir, "predictions")
+    output = FLAGS.output or workdir.output_dir(FLAGS.workdir, "predictions")
     figures = [n for n in (FLAGS.figure_image or "").split(",") if n]
     if FLAGS.input.startswith("split:"):
         split = FLAGS.input.removeprefix("split:")
@@ -89,13 +126,24 @@ def _predict():
     print(f"summary:    {summary['summary']}")
 
 
+def _export():
+    from nucjax import bundle, workdir
+
+    if FLAGS.config is not None:
+        raise app.UsageError("export writes the config the workdir saved; leave out --config")
+    output = FLAGS.output or os.path.join(FLAGS.workdir, f"model{bundle.SUFFIX}")
+    info = workdir.export(FLAGS.workdir, output, FLAGS.checkpoint_step)
+    print(f"{info['model']} model, checkpoint step {info['step']}: {info['path']}", end="")
+    print(f" ({info['bytes']:,} bytes)")
+
+
 def _train():
     import jax
 
     from nucjax import train
 
     if FLAGS.config is None:
-        raise app.UsageError("training needs --config=configs/NETWORK.py[:VARIANT]")
+        raise app.UsageError("training needs --config=NETWORK[:VARIANT], e.g. --config=unet:quick")
     summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     if jax.process_index() == 0:
         print(f"checkpoints: {summary['checkpoints']}")
@@ -108,13 +156,16 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
-    from nucjax import checkpoint, config_checks, data, evaluators, preemption, workdir
+    from nucjax import bundle, checkpoint, config_checks, data, evaluators, preemption, workdir
 
     logging.info("JAX devices: %s", jax.devices())
     try:
-        {"train": _train, "evaluate": _evaluate, "predict": _predict}[FLAGS.mode]()
+        {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export}[
+            FLAGS.mode
+        ]()
     except (
         FileNotFoundError,  # also checkpoint.CheckpointNotFoundError
+        bundle.BundleError,
         FloatingPointError,  # a diverged training: the message names the last good checkpoint
         checkpoint.IncompatibleCheckpointError,
         config_checks.ConfigError,
@@ -130,5 +181,16 @@ def main(argv):
         sys.exit(preemption.EXIT_CODE)
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The `nucjax` console command: `nucjax MODE ARGS` runs `--mode=MODE ARGS`."""
+    if len(sys.argv) > 1 and sys.argv[1] in MODES:
+        sys.argv[1:2] = [f"--mode={sys.argv[1]}"]
+    # What absl's --help shows: the docstring and key flags of the program (sys.argv[0]).
+    sys.modules["__main__"].__doc__ = __doc__
+    for flag in FLAGS.get_key_flags_for_module(__name__):
+        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(main)
+
+
+if __name__ == "__main__":
+    console()

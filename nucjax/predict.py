@@ -114,6 +114,13 @@ def read_image(path: str) -> np.ndarray:
             array = _pil_array(path)
     except Exception as e:  # every decoder's own error type: all mean "not readable"
         raise UnsupportedImageError(f"{name}: not a readable image ({e})") from e
+    return check_image(array, name)
+
+
+def check_image(array: np.ndarray, name: str) -> np.ndarray:
+    """An image array -> the (H, W) or (H, W, C) array read_image gives, or
+    UnsupportedImageError naming `name` (read_image's rules; nucjax.api's arrays too)."""
+    array = np.asarray(array)
     while array.ndim > 3 and array.shape[0] == 1:
         array = array[0]
     if array.ndim == 3 and array.shape[-1] > 4 and array.shape[0] <= 4:
@@ -149,10 +156,16 @@ def _load_raw(stem: str, source: str, load, taken: dict[str, str]) -> tuple[np.n
     return raw, to_rgb(raw)
 
 
+def segment(model: workdirs.TrainedModel, rgb: np.ndarray) -> whole_image.ImagePrediction:
+    """One (H, W, 3) uint8 image (to_rgb) through `model`: its input view, whole-image
+    prediction and post-processing (the instances: (H, W) int32 ids and (N,) scores)."""
+    image = network_input(rgb, model.config.data.input_view)
+    return whole_image.segment_image(model.spec, model.variables, image, model.config.eval)
+
+
 def _segment_one(model, output_dir, stem, source, raw, rgb, wanted, image_outputs) -> dict:
     """Segment one image and write its files; returns its summary row (with its nuclei)."""
-    image = network_input(rgb, model.config.data.input_view)
-    p = whole_image.segment_image(model.spec, model.variables, image, model.config.eval)
+    p = segment(model, rgb)
     files = {}
     if image_outputs:
         files = outputs.write_image_outputs(output_dir, stem, raw, rgb, p.instances, p.foreground)
@@ -275,8 +288,10 @@ def predict_split(
 
 __all__ = [
     "UnsupportedImageError",
+    "check_image",
     "gather_inputs",
     "predict_folder",
     "predict_split",
     "read_image",
+    "segment",
 ]

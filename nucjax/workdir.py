@@ -2,6 +2,11 @@
 
   model = workdir.load("runs/unet")                 # the config the run saved
   model = workdir.load("runs/unet", config=config)  # a config that computes the same network
+  model = workdir.load("unet.nucjax")               # a model bundle (nucjax.bundle) the same way
+  workdir.export("runs/unet", "unet.nucjax")        # write that bundle
+
+Everything that takes a workdir takes a bundle file instead: it holds the same config and
+variables, and outputs that would go into the workdir go beside the bundle (output_dir).
 
 The trainer saves its resolved config as WORKDIR/config.json, so evaluate and predict need no
 --config. A config given anyway may change how images are evaluated or post-processed
@@ -19,7 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import ml_collections
 
-from nucjax import checkpoint, models, outputs
+from nucjax import bundle, checkpoint, models, outputs
 from nucjax.models.spec import ModelSpec
 
 CONFIG_FILE = "config.json"
@@ -62,26 +67,39 @@ def _merged(defaults: dict, saved: dict) -> dict:
 
 
 def _defaults_of(model_name: str) -> dict:
-    """The paper variant of configs/<model_name>.py as a dict; {} where that file is not
-    importable (the configs folder is not beside this nucjax)."""
+    """The paper variant of nucjax/configs/<model_name>.py as a dict; {} for a model nucjax
+    ships no config for."""
     try:
-        module = importlib.import_module(f"configs.{model_name}")
+        module = importlib.import_module(f"nucjax.configs.{model_name}")
     except ImportError:
         return {}
     return json.loads(module.get_config().to_json_best_effort())
 
 
+def output_dir(workdir: str, name: str) -> str:
+    """Where outputs called `name` (eval, predictions) of a workdir go: WORKDIR/name, or for
+    a bundle DIR/STEM.nucjax the folder DIR/STEM_name beside it."""
+    workdir = os.path.abspath(workdir)
+    if bundle.is_bundle_path(workdir):
+        return f"{os.path.splitext(workdir)[0]}_{name}"
+    return os.path.join(workdir, name)
+
+
 def saved_config(workdir: str) -> ml_collections.ConfigDict | None:
-    """The config the trainer saved in `workdir`, or None for a workdir without one.
+    """The config the trainer saved in `workdir` (or a bundle holds), or None for a workdir
+    without one.
 
     Fields added to nucjax after the run was saved take their config file's defaults, so an
     older workdir still evaluates and predicts (and new evaluation options can be set).
     """
     path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
+    if bundle.is_bundle_path(workdir):
+        saved = bundle.read(workdir, arrays=False).config
+    elif os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    else:
         return None
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
     defaults = _defaults_of(saved.get("model", {}).get("name", ""))
     return ml_collections.ConfigDict(_merged(defaults, saved))
 
@@ -132,29 +150,73 @@ def resolve_config(workdir: str, config=None):
     return config
 
 
-def load(workdir: str, config=None, step: int | None = None) -> TrainedModel:
-    """The trained network of `workdir` at checkpoint `step` (default latest).
+def _bundle_variables(path: str, step: int | None) -> tuple[dict, dict, int]:
+    """(variables on the first device, meta, step) of a bundle, as restore_variables gives."""
+    contents = bundle.read(path)
+    if step is not None and step != contents.step:
+        raise checkpoint.CheckpointNotFoundError(
+            f"{path} is a model bundle of checkpoint step {contents.step} only, not {step}"
+        )
+    variables = jax.device_put(contents.variables, jax.local_devices()[0])
+    return variables, contents.meta, contents.step
 
-    Raises checkpoint.CheckpointNotFoundError, ConfigMismatchError, or
+
+def load(workdir: str, config=None, step: int | None = None) -> TrainedModel:
+    """The trained network of `workdir` at checkpoint `step` (default latest), or of the model
+    bundle file `workdir` (nucjax.bundle; step: None or the bundle's).
+
+    Raises checkpoint.CheckpointNotFoundError, ConfigMismatchError, bundle.BundleError, or
     checkpoint.IncompatibleCheckpointError when the checkpoint's parameters do not fit.
     """
     config = resolve_config(workdir, config)
     spec = models.build(config)
-    directory = checkpoint_dir(workdir)
-    try:
-        variables, meta, step = checkpoint.restore_variables(directory, step)
-    except checkpoint.CheckpointNotFoundError as e:
-        raise checkpoint.CheckpointNotFoundError(
-            f"{e}; train first: python -m nucjax.main --config=... --workdir={workdir}"
-        ) from None
+    if bundle.is_bundle_path(workdir):
+        variables, meta, step = _bundle_variables(workdir, step)
+        where = workdir
+    else:
+        directory = checkpoint_dir(workdir)
+        try:
+            variables, meta, step = checkpoint.restore_variables(directory, step)
+        except checkpoint.CheckpointNotFoundError as e:
+            raise checkpoint.CheckpointNotFoundError(
+                f"{e}; train first: nucjax train --config=... --workdir={workdir}"
+            ) from None
+        where = f"{directory}/{step}"
     # Traced, never run: the network this config builds, against what the checkpoint holds.
     expected = jax.eval_shape(
         lambda: spec.init_variables(jax.random.PRNGKey(0), config.data.crop_size)
     )["params"]
-    checkpoint.check_compatible(
-        meta, checkpoint.describe(config.model.name, expected), f"{directory}/{step}"
-    )
+    checkpoint.check_compatible(meta, checkpoint.describe(config.model.name, expected), where)
     return TrainedModel(config, spec, variables, step)
 
 
-__all__ = ["ConfigMismatchError", "TrainedModel", "load", "resolve_config", "save_config"]
+def export(workdir: str, output: str, step: int | None = None) -> dict:
+    """Write checkpoint `step` (default latest) of `workdir` as the model bundle `output`:
+    its variables, resolved config and training summary (nucjax.bundle). Returns the
+    bundle's manifest plus "path" and "bytes"."""
+    model = load(workdir, step=step)
+    summary_path = os.path.join(workdir, "summary.json")
+    summary = None
+    if os.path.isfile(summary_path):
+        with open(summary_path, encoding="utf-8") as f:
+            summary = json.load(f)
+    manifest = bundle.write(
+        output,
+        config=json.loads(model.config.to_json_best_effort()),
+        variables=jax.device_get(model.variables),
+        meta=checkpoint.describe(model.config.model.name, model.variables["params"]),
+        step=model.step,
+        summary=summary,
+    )
+    return {**manifest, "path": os.path.abspath(output), "bytes": os.path.getsize(output)}
+
+
+__all__ = [
+    "ConfigMismatchError",
+    "TrainedModel",
+    "export",
+    "load",
+    "output_dir",
+    "resolve_config",
+    "save_config",
+]
