@@ -23,7 +23,7 @@ import sys
 
 import nucjax.runtime
 
-nucjax.runtime.configure()  # XLA CPU flags and the PRNG, before jax starts
+nucjax.runtime.configure()  # XLA CPU flags, the PRNG and quiet logs, before jax starts
 
 # Config files import `configs.common`; make the repository root importable from anywhere.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(nucjax.__file__))))
@@ -47,6 +47,9 @@ flags.DEFINE_string("output", None, "predict: output folder (default WORKDIR/pre
 flags.DEFINE_integer("checkpoint_step", None, "evaluate/predict: checkpoint step (default latest).")
 flags.DEFINE_string(
     "figure_image", None, "predict: comma-separated image stems or file names to draw Figure 2 for."
+)
+flags.DEFINE_bool(
+    "verbose", False, "Show every library's log lines (TensorFlow, XLA, orbax), not only nucjax's."
 )
 flags.mark_flags_as_required(["workdir"])
 
@@ -106,6 +109,7 @@ def _train():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    nucjax.runtime.set_verbose(FLAGS.verbose)  # before TensorFlow starts, so its C++ obeys
     import jax
 
     from nucjax import checkpoint, config_checks, data, evaluators, preemption, workdir

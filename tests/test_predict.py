@@ -175,6 +175,7 @@ def test_command_line(tmp_path, run):
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "checkpoint_manager" not in done.stderr  # quiet: no orbax INFO lines
     assert "1 images segmented, 0 skipped (checkpoint step 7)" in done.stdout
     assert os.path.exists(tmp_path / "grey_labels.tif")
     assert os.path.exists(tmp_path / "grey_figure.png")
