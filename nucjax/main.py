@@ -5,7 +5,8 @@
       --config.optim.learning_rate=3e-4
   python -m nucjax.main --mode=evaluate --workdir=runs/unet
   python -m nucjax.main --mode=predict --workdir=runs/unet \
-      --input=my_images/ --output=out/ [--figure_image=NAME] [--checkpoint_step=K]
+      --input=my_images/ --output=out/ [--figure_image=NAME] [--checkpoint_step=K] \
+      [--channel=K] [--rois] [--verbose]
 
 Training needs --config (a locked file: a mistyped override such as
 --config.optim.learning_rte=0.1 fails). Evaluate and predict use the config the workdir saved;
@@ -48,6 +49,13 @@ flags.DEFINE_integer("checkpoint_step", None, "evaluate/predict: checkpoint step
 flags.DEFINE_string(
     "figure_image", None, "predict: comma-separated image stems or file names to draw Figure 2 for."
 )
+flags.DEFINE_integer(
+    "channel",
+    None,
+    "predict: the nuclear channel (0-based) of multi-channel images (needed for TIFFs with a "
+    "channel axis; picks one colour of RGB images).",
+)
+flags.DEFINE_bool("rois", False, "predict: also write NAME_rois.zip, Fiji/ImageJ ROIs.")
 flags.DEFINE_bool(
     "verbose", False, "Show every library's log lines (TensorFlow, XLA, orbax), not only nucjax's."
 )
@@ -77,10 +85,14 @@ def _predict():
     figures = [n for n in (FLAGS.figure_image or "").split(",") if n]
     if FLAGS.input.startswith("split:"):
         split = FLAGS.input.removeprefix("split:")
-        summary = predict.predict_split(model, split, output, figure_images=figures)
+        summary = predict.predict_split(
+            model, split, output, figure_images=figures, rois=FLAGS.rois
+        )
     else:
         inputs = [p for p in FLAGS.input.split(",") if p]
-        summary = predict.predict_folder(model, inputs, output, figure_images=figures)
+        summary = predict.predict_folder(
+            model, inputs, output, figure_images=figures, channel=FLAGS.channel, rois=FLAGS.rois
+        )
     print(f"{summary['processed']} images segmented, {summary['skipped']} skipped", end="")
     print(f" (checkpoint step {summary['step']})")
     for item in summary["skipped_files"]:

@@ -5,9 +5,12 @@ complete (write_atomically), so a crash or a signal never leaves a half-written 
 path is absent, the old file, or complete. Used by predict, evaluation reports and figures.
 
 Per-image outputs (stem S): S_labels.tif (instance ids, uint16, or int32 past 65535 nuclei),
-S_prob.tif (float32 foreground probability), S_overlay.png (outlines on the image),
-S_nuclei.csv (NUCLEI_COLUMNS, one row per nucleus), on request S_rois.zip (Fiji/ImageJ ROI
-Manager: one polygon per nucleus); and Kaggle submission rows.
+S_prob.tif (float32 foreground probability), S_overlay.png (outlines on the image,
+contrast-stretched for people by display_rgb), S_nuclei.csv (NUCLEI_COLUMNS, one row per
+nucleus), on request S_rois.zip (Fiji/ImageJ ROI Manager: one polygon per nucleus); and Kaggle
+submission rows. A stack (z-slices, time points) gets the same files with one plane per
+slice: (N, H, W) TIFFs, S_overlay.tif (N, H, W, 3), a `plane` column in the table, ROIs on
+their slices; nucleus ids run on across planes, so each is unique in the stack.
 """
 
 from __future__ import annotations
@@ -39,7 +42,16 @@ NUCLEI_COLUMNS = (
     + ["mean_intensity", "score"]
 )
 # Suffixes of the per-image files: never read back as inputs when the output folder is one.
-OUTPUT_SUFFIXES = ("_labels.tif", "_prob.tif", "_overlay.png", "_figure.png", "_rois.zip")
+OUTPUT_SUFFIXES = (
+    "_labels.tif",
+    "_prob.tif",
+    "_overlay.png",
+    "_overlay.tif",
+    "_figure.png",
+    "_rois.zip",
+)
+# Display range of an image for people: these percentiles of its intensities go to 0 and 255.
+DISPLAY_PERCENTILES = (1.0, 99.8)
 
 
 def write_atomically(path: str, write: Callable[[str], None]) -> str:
@@ -84,6 +96,23 @@ def write_float_tiff(path: str, values: np.ndarray) -> str:
     )
 
 
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, 1..4) image of any type -> (H, W, 3) uint8 for people to look at.
+
+    Grey is repeated, alpha dropped, and intensities stretched linearly so that the
+    DISPLAY_PERCENTILES of all channels together go to 0 and 255 (colour balance kept): the
+    same rule for 8-bit, 16-bit and float, so a dim 8-bit image is as visible as a 16-bit one.
+    """
+    x = np.asarray(image, np.float64)
+    x = x[..., None] if x.ndim == 2 else x
+    x = x[..., :3] if x.shape[-1] >= 3 else np.repeat(x[..., :1], 3, axis=-1)
+    low, high = np.percentile(x, DISPLAY_PERCENTILES)
+    if high <= low:  # more than 98.8 % of the pixels alike: the full range instead
+        low, high = x.min(), x.max()
+    scaled = (x - low) * (255.0 / (high - low)) if high > low else np.zeros_like(x)
+    return np.round(np.clip(scaled, 0, 255)).astype(np.uint8)
+
+
 def overlay(image: np.ndarray, label: np.ndarray) -> np.ndarray:
     """image (H, W, 3) uint8 with the inner boundary of every nucleus painted OUTLINE."""
     out = np.array(image, np.uint8)
@@ -93,6 +122,14 @@ def overlay(image: np.ndarray, label: np.ndarray) -> np.ndarray:
 
 def write_png(path: str, image: np.ndarray) -> str:
     return write_atomically(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+
+
+def write_rgb_tiff(path: str, images: np.ndarray) -> str:
+    """images (N, H, W, 3) uint8 -> an RGB stack TIFF (Fiji opens it as N slices)."""
+    data = np.ascontiguousarray(images, np.uint8)
+    return write_atomically(
+        path, lambda tmp: tifffile.imwrite(tmp, data, photometric="rgb", compression="zlib")
+    )
 
 
 def intensity_image(raw: np.ndarray) -> np.ndarray:
@@ -182,22 +219,37 @@ def write_image_outputs(
     output_dir: str,
     stem: str,
     raw: np.ndarray,
-    rgb: np.ndarray,
     instances: Instances,
     foreground: np.ndarray,
+    *,
+    rois: bool = False,
 ) -> dict[str, str]:
-    """The four per-image files of one prediction (module docstring). Returns their paths.
+    """The per-image files of one prediction (module docstring). Returns their paths.
 
-    raw: the file's own pixels (intensities in its units); rgb: (H, W, 3) uint8 of it;
-    foreground: (H, W) float32 probability.
+    One image: raw (H, W) or (H, W, C), the file's own pixels (intensities in its units);
+    instances.label and foreground (H, W). A stack: raw (N, H, W[, C]), label and foreground
+    (N, H, W), ids unique over the stack; instances.scores holds every id's score either way.
+    rois: also write S_rois.zip.
     """
     base = os.path.join(output_dir, stem)
     label, scores = instances.label, instances.scores
-    return {
+    stack = label.ndim == 3
+    planes = zip(raw if stack else [raw], label if stack else [label], strict=True)
+    tables, overlays = [], []
+    for z, (image, plane_label) in enumerate(planes):
+        rows = nuclei_table(plane_label, scores, intensity_image(image))
+        tables += [[z, *row] for row in rows] if stack else rows
+        overlays.append(overlay(display_rgb(image), plane_label))
+    files = {
         "labels": write_label_tiff(base + "_labels.tif", label),
         "prob": write_float_tiff(base + "_prob.tif", foreground),
-        "overlay": write_png(base + "_overlay.png", overlay(rgb, label)),
+        "overlay": write_rgb_tiff(base + "_overlay.tif", np.stack(overlays))
+        if stack
+        else write_png(base + "_overlay.png", overlays[0]),
         "nuclei": write_csv(
-            base + "_nuclei.csv", NUCLEI_COLUMNS, nuclei_table(label, scores, intensity_image(raw))
+            base + "_nuclei.csv", ["plane", *NUCLEI_COLUMNS] if stack else NUCLEI_COLUMNS, tables
         ),
     }
+    if rois:
+        files["rois"] = write_roi_zip(base + "_rois.zip", label)
+    return files

@@ -99,3 +99,20 @@ def test_shape_measures_of_a_rectangle_and_a_disc():
     assert disc["eccentricity"] == pytest.approx(0.0, abs=1e-3)
     assert 0.95 < disc["solidity"] <= 1.0
     assert disc["perimeter"] == pytest.approx(2 * np.pi * 10, rel=0.05)
+
+
+def test_overlay_of_dim_8_bit_equals_that_of_the_same_image_in_16_bit():
+    rng = np.random.default_rng(0)
+    dim = rng.integers(0, 12, (40, 50)).astype(np.uint8)  # dark background
+    dim[10:20, 10:25] = rng.integers(30, 41, (10, 15))  # a dim nucleus, at most 40 of 255
+    label = np.zeros(dim.shape, np.int32)
+    label[10:20, 10:25] = 1
+    shown = outputs.display_rgb(dim)
+    np.testing.assert_array_equal(shown, outputs.display_rgb(dim.astype(np.uint16) * 257))
+    np.testing.assert_array_equal(shown, outputs.display_rgb(dim / 255.0))
+    low, high = np.percentile(dim, outputs.DISPLAY_PERCENTILES)  # the stretch, by hand
+    want = np.round(np.clip((dim - low) * 255 / (high - low), 0, 255)).astype(np.uint8)
+    np.testing.assert_array_equal(shown[..., 1], want)
+    assert shown.max() == 255 and shown[15, 15, 0] > 150  # the nucleus is bright now
+    over = outputs.overlay(shown, label)
+    assert (over[10, 10:25] == outputs.OUTLINE).all() and (over[15, 15] != outputs.OUTLINE).any()
