@@ -53,7 +53,7 @@ flags.DEFINE_integer(
     "channel",
     None,
     "predict: the nuclear channel (0-based) of multi-channel images (needed for TIFFs with a "
-    "channel axis; picks one colour of RGB images).",
+    "channel axis; picks one colour of RGB images; grey images are read as they are).",
 )
 flags.DEFINE_bool("rois", False, "predict: also write NAME_rois.zip, Fiji/ImageJ ROIs.")
 flags.DEFINE_bool(

@@ -129,14 +129,10 @@ def _tiff_array(path: str) -> tuple[np.ndarray, str]:
 
 
 def _pick_axes(name: str, array: np.ndarray, axes: str, channel: int | None) -> Planes:
-    """array with tifffile `axes` -> Planes: `channel` taken from the C (else S) axis, one plane
-    axis at most, colour last."""
+    """array with tifffile `axes` -> Planes: `channel` taken from the C (else S) axis (ignored
+    when there is neither), one plane axis at most, colour last."""
     colour = "C" if "C" in axes else "S" if "S" in axes else ""
-    if channel is not None:
-        if not colour:
-            raise UnsupportedImageError(
-                f"{name}: --channel={channel} given, but it has one channel"
-            )
+    if channel is not None and colour:  # a one-channel image is its own nuclear channel
         n = array.shape[axes.index(colour)]
         if not 0 <= channel < n:
             raise UnsupportedImageError(
@@ -166,7 +162,8 @@ def read_planes(path: str, channel: int | None = None) -> Planes:
 
     TIFF through tifffile, read by its axes (so a 3-page grey stack is 3 planes, never RGB),
     everything else through pillow. channel: take this channel (0-based) of a multi-channel
-    image (the nuclear stain); a TIFF with several channels (axis C) needs one. Raises
+    image (the nuclear stain; a grey image is read as it is); a TIFF with several channels
+    (axis C) needs one. Raises
     UnsupportedImageError naming the file for anything that is not images of at least
     MIN_SIDE x MIN_SIDE finite pixels.
     """

@@ -248,3 +248,5 @@ def test_channel_picks_the_nuclear_stain(tmp_path, run):
     assert label.max() > 1
     with pytest.raises(predict.UnsupportedImageError, match="channels 0..1"):
         predict.read_planes(str(path), channel=2)
+    grey = predict.read_planes(str(tmp_path / "b" / "two_labels.tif"), channel=1)  # one channel
+    np.testing.assert_array_equal(grey.pixels[0], label)
