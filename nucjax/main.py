@@ -4,7 +4,7 @@
   nucjax train --config=unet --workdir=runs/unet --config.optim.learning_rate=3e-4
   nucjax evaluate --workdir=runs/unet
   nucjax predict --workdir=runs/unet --input=my_images/ --output=out/
-      [--figure_image=NAME] [--checkpoint_step=K]
+      [--figure_image=NAME] [--checkpoint_step=K] [--channel=K] [--rois] [--verbose]
   nucjax export --workdir=runs/unet --output=unet.nucjax     # one file to hand on
   nucjax predict --workdir=unet.nucjax --input=my_images/     # a bundle wherever a workdir goes
 
@@ -28,7 +28,7 @@ import sys
 
 import nucjax.runtime
 
-nucjax.runtime.configure()  # XLA CPU flags and the PRNG, before jax starts
+nucjax.runtime.configure()  # XLA CPU flags, the PRNG and quiet logs, before jax starts
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -85,6 +85,16 @@ flags.DEFINE_integer(
 flags.DEFINE_string(
     "figure_image", None, "predict: comma-separated image stems or file names to draw Figure 2 for."
 )
+flags.DEFINE_integer(
+    "channel",
+    None,
+    "predict: the nuclear channel (0-based) of multi-channel images (needed for TIFFs with a "
+    "channel axis; picks one colour of RGB images; grey images are read as they are).",
+)
+flags.DEFINE_bool("rois", False, "predict: also write NAME_rois.zip, Fiji/ImageJ ROIs.")
+flags.DEFINE_bool(
+    "verbose", False, "Show every library's log lines (TensorFlow, XLA, orbax), not only nucjax's."
+)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -111,10 +121,14 @@ def _predict():
     figures = [n for n in (FLAGS.figure_image or "").split(",") if n]
     if FLAGS.input.startswith("split:"):
         split = FLAGS.input.removeprefix("split:")
-        summary = predict.predict_split(model, split, output, figure_images=figures)
+        summary = predict.predict_split(
+            model, split, output, figure_images=figures, rois=FLAGS.rois
+        )
     else:
         inputs = [p for p in FLAGS.input.split(",") if p]
-        summary = predict.predict_folder(model, inputs, output, figure_images=figures)
+        summary = predict.predict_folder(
+            model, inputs, output, figure_images=figures, channel=FLAGS.channel, rois=FLAGS.rois
+        )
     print(f"{summary['processed']} images segmented, {summary['skipped']} skipped", end="")
     print(f" (checkpoint step {summary['step']})")
     for item in summary["skipped_files"]:
@@ -154,6 +168,7 @@ def _train():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    nucjax.runtime.set_verbose(FLAGS.verbose)  # before TensorFlow starts, so its C++ obeys
     import jax
 
     from nucjax import bundle, checkpoint, config_checks, data, evaluators, preemption, workdir

@@ -7,23 +7,28 @@
 The workdir's saved config builds the network; nothing of the optimizer is read.
 
 Reads PNG, JPEG, BMP (pillow) and TIFF (tifffile): grey, grey + alpha, RGB or RGBA, 8- or
-16-bit or float, any size (tiled; resized only when config.eval.nucleus_area asks). Writes,
-for every image with stem S:
+16-bit or float, any size (tiled; resized only when config.eval.nucleus_area asks). A TIFF is
+read by its axes (tifffile series): a z-stack, time series or plain multi-page TIFF is
+segmented plane by plane into a label stack; a multi-channel image (axis C) needs `channel`
+(--channel), the nuclear stain. Writes, for every image with stem S:
   S_labels.tif   instance labels, uint16 (int32 past 65535 nuclei), 0 background: opens as a
                  label image in napari and Fiji
   S_prob.tif     float32 foreground probability
-  S_overlay.png  the image with every nucleus outlined
-  S_nuclei.csv   one row per nucleus: id, area, centroid, bounding box, mean intensity (of the
-                 original image, its own units, averaged over colour channels), score
-and, for the whole set, submission.csv (Kaggle DSB 2018: ImageId = stem, EncodedPixels =
-run-length encoding, column-major, 1-indexed; an image without nuclei gets one empty row) and
-summary.json (files processed, files skipped and why). Writers: nucjax.outputs (atomic: a
-crash never leaves a half-written output).
+  S_overlay.png  the image, contrast-stretched (outputs.display_rgb), every nucleus outlined
+  S_nuclei.csv   one row per nucleus: id, area, centroid, bounding box, shape (perimeter,
+                 eccentricity, solidity, axis lengths), mean intensity (of the original image,
+                 its own units, averaged over colour channels), score
+  S_rois.zip     with rois=True (--rois): one Fiji/ImageJ polygon ROI per nucleus
+(a stack: (N, H, W) TIFFs, S_overlay.tif, a `plane` column; nucjax.outputs) and, for the
+whole set, submission.csv (Kaggle DSB 2018: ImageId = stem (stem_z0, stem_z1, ... for a
+stack's planes), EncodedPixels = run-length encoding, column-major, 1-indexed; an image
+without nuclei gets one empty row) and summary.json (files processed, files skipped and why).
+Writers: nucjax.outputs (atomic: a crash never leaves a half-written output).
 
-A file that cannot be used (not an image, a stack rather than one image, smaller than
-MIN_SIDE pixels, NaN values, a stem already taken) is skipped and listed in the summary; the
-others are still written. No input images at all, or a checkpoint of another model, is an
-error.
+A file that cannot be used (not an image, a hyperstack of more than one stack axis, several
+channels and no `channel`, smaller than MIN_SIDE pixels, NaN values, a stem already taken) is
+skipped and listed in the summary; the others are still written. No input images at all, or
+a checkpoint of another model, is an error.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import json
 import os
 import time
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -42,6 +48,7 @@ from PIL import Image
 from nucjax import evaluators, figures, outputs, reporting, whole_image
 from nucjax import workdir as workdirs
 from nucjax.data.images import network_input, to_rgb
+from nucjax.models.spec import Instances
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MIN_SIDE = 8  # pixels; smaller images hold no nucleus worth finding
@@ -87,6 +94,18 @@ def gather_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
     return files, ignored
 
 
+class Planes(NamedTuple):
+    """The image(s) of one file.
+
+    pixels: (N, H, W) grey or (N, H, W, C) colour, C in 1..4, in the file's own dtype;
+    axis: "" for one image (N = 1), else the TIFF axis the N planes run along ("Z" slices,
+    "T" time points, "I" or "Q" pages of unknown meaning).
+    """
+
+    pixels: np.ndarray
+    axis: str
+
+
 def _pil_array(path: str) -> np.ndarray:
     with Image.open(path) as im:
         im.load()
@@ -99,61 +118,129 @@ def _pil_array(path: str) -> np.ndarray:
         return np.asarray(im)
 
 
-def read_image(path: str) -> np.ndarray:
-    """One image file -> (H, W) or (H, W, C) array, C in 1..4, in the file's own dtype.
+def _tiff_array(path: str) -> tuple[np.ndarray, str]:
+    """(array, axes) of the file's first series, tifffile's axis letters (Y, X; S samples of a
+    colour pixel; C channels; Z, T, I pages, Q unknown, ...), axes of length 1 dropped."""
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        array, axes = series.asarray(), series.axes
+    keep = [i for i, n in enumerate(array.shape) if n > 1 or axes[i] in "YX"]
+    return array.reshape([array.shape[i] for i in keep]), "".join(axes[i] for i in keep)
 
-    TIFF through tifffile (leading singleton axes dropped; channels-first (C, H, W) moved
-    last), everything else through pillow. Raises UnsupportedImageError naming the file for
-    anything that is not one 2-D image of at least MIN_SIDE x MIN_SIDE finite pixels.
+
+def _pick_axes(name: str, array: np.ndarray, axes: str, channel: int | None) -> Planes:
+    """array with tifffile `axes` -> Planes: `channel` taken from the C (else S) axis (ignored
+    when there is neither), one plane axis at most, colour last."""
+    colour = "C" if "C" in axes else "S" if "S" in axes else ""
+    if channel is not None and colour:  # a one-channel image is its own nuclear channel
+        n = array.shape[axes.index(colour)]
+        if not 0 <= channel < n:
+            raise UnsupportedImageError(
+                f"{name}: --channel={channel}, but it has channels 0..{n - 1}"
+            )
+        array = np.take(array, channel, axis=axes.index(colour))
+        axes = axes.replace(colour, "")
+        colour = "S" if "S" in axes else ""
+    elif colour == "C":
+        n = array.shape[axes.index("C")]
+        raise UnsupportedImageError(
+            f"{name}: {n} channels (axes {axes}); choose the nuclear one with --channel=0..{n - 1}"
+        )
+    planes = [a for a in axes if a not in "YX" + colour]
+    if len(planes) > 1:
+        raise UnsupportedImageError(
+            f"{name}: a {array.ndim}-D array of axes {axes}, shape {array.shape}: predict takes "
+            "one image or one stack (z-slices or time points), segmented plane by plane"
+        )
+    order = [*planes, "Y", "X", *colour]
+    pixels = np.transpose(array, [axes.index(a) for a in order])
+    return Planes(pixels if planes else pixels[None], "".join(planes))
+
+
+def read_planes(path: str, channel: int | None = None) -> Planes:
+    """One image file -> its Planes: one image, or a TIFF stack (z-stack, time series, pages).
+
+    TIFF through tifffile, read by its axes (so a 3-page grey stack is 3 planes, never RGB),
+    everything else through pillow. channel: take this channel (0-based) of a multi-channel
+    image (the nuclear stain; a grey image is read as it is); a TIFF with several channels
+    (axis C) needs one. Raises
+    UnsupportedImageError naming the file for anything that is not images of at least
+    MIN_SIDE x MIN_SIDE finite pixels.
     """
     name = os.path.basename(path)
     try:
         if path.lower().endswith((".tif", ".tiff")):
-            array = np.asarray(tifffile.imread(path))
+            array, axes = _tiff_array(path)
         else:
             array = _pil_array(path)
+            axes = "YXS"[: array.ndim]
     except Exception as e:  # every decoder's own error type: all mean "not readable"
         raise UnsupportedImageError(f"{name}: not a readable image ({e})") from e
-    return check_image(array, name)
+    if "Y" not in axes or "X" not in axes or array.ndim != len(axes):
+        raise UnsupportedImageError(f"{name}: no 2-D image in it (axes {axes!r})")
+    pixels, axis = _pick_axes(name, array, axes, channel)
+    return Planes(_check_pixels(pixels, name), axis)
+
+
+def _check_pixels(pixels: np.ndarray, name: str) -> np.ndarray:
+    """(N, H, W) or (N, H, W, C) planes -> themselves, or UnsupportedImageError naming `name`
+    unless C is 1..4 and the pixels are numbers, finite, at least MIN_SIDE x MIN_SIDE."""
+    if pixels.ndim == 4 and pixels.shape[-1] > 4:
+        raise UnsupportedImageError(f"{name}: {pixels.shape[-1]} colour samples; at most 4 (RGBA)")
+    if pixels.dtype.kind not in "biuf":
+        raise UnsupportedImageError(f"{name}: pixels of type {pixels.dtype} are not supported")
+    h, w = pixels.shape[1:3]
+    if min(h, w) < MIN_SIDE:
+        raise UnsupportedImageError(f"{name}: {h}x{w} pixels; need at least {MIN_SIDE}x{MIN_SIDE}")
+    if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
+        raise UnsupportedImageError(f"{name}: holds NaN or infinite values")
+    return pixels
 
 
 def check_image(array: np.ndarray, name: str) -> np.ndarray:
-    """An image array -> the (H, W) or (H, W, C) array read_image gives, or
-    UnsupportedImageError naming `name` (read_image's rules; nucjax.api's arrays too)."""
+    """An in-memory image (nucjax.api) -> (H, W) grey or (H, W, C) colour, C in 1..4, or
+    UnsupportedImageError naming `name`: read_planes's rules for one plane. Leading axes of
+    length 1 are dropped and a channels-first (C, H, W) array is moved to channels-last."""
     array = np.asarray(array)
     while array.ndim > 3 and array.shape[0] == 1:
         array = array[0]
     if array.ndim == 3 and array.shape[-1] > 4 and array.shape[0] <= 4:
         array = np.moveaxis(array, 0, -1)
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] > 4):
+    if array.ndim not in (2, 3):
         raise UnsupportedImageError(
-            f"{name}: a {array.ndim}-D array of shape {array.shape}, not one image; predict "
-            "takes (H, W) grey or (H, W, 1..4) colour, not stacks or time series"
+            f"{name}: a {array.ndim}-D array of shape {array.shape}, not one image; segment "
+            "takes (H, W) grey or (H, W, 1..4) colour (a stack: one plane at a time)"
         )
-    if array.dtype.kind not in "biuf":
-        raise UnsupportedImageError(f"{name}: pixels of type {array.dtype} are not supported")
-    if min(array.shape[:2]) < MIN_SIDE:
+    return _check_pixels(array[None], name)[0]
+
+
+def read_image(path: str, channel: int | None = None) -> np.ndarray:
+    """One single-image file -> (H, W) or (H, W, C) array (read_planes); a stack is an
+    UnsupportedImageError."""
+    planes = read_planes(path, channel)
+    if planes.axis:
         raise UnsupportedImageError(
-            f"{name}: {array.shape[0]}x{array.shape[1]} pixels; need at least {MIN_SIDE}x{MIN_SIDE}"
+            f"{os.path.basename(path)}: a stack of {len(planes.pixels)} planes (axis "
+            f"{planes.axis}), not one image"
         )
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise UnsupportedImageError(f"{name}: holds NaN or infinite values")
-    return array
+    return planes.pixels[0]
 
 
 # --------------------------------------------------------------------------------------------
 # The loop
 
 
-def _load_raw(stem: str, source: str, load, taken: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
-    """(raw array, rgb uint8) of one input, or UnsupportedImageError / ValueError to skip it."""
+def _load_raw(stem: str, source: str, load, taken: dict[str, str]) -> Planes:
+    """The Planes of one input, or UnsupportedImageError / ValueError to skip it."""
     if stem in taken:
         raise UnsupportedImageError(
             f"{os.path.basename(source)}: its outputs would overwrite those of "
             f"{taken[stem]} (same name {stem!r})"
         )
-    raw = load()
-    return raw, to_rgb(raw)
+    planes = load()
+    for plane in planes.pixels:
+        to_rgb(plane)  # raises ValueError for a layout the network cannot take
+    return planes
 
 
 def segment(model: workdirs.TrainedModel, rgb: np.ndarray) -> whole_image.ImagePrediction:
@@ -163,38 +250,82 @@ def segment(model: workdirs.TrainedModel, rgb: np.ndarray) -> whole_image.ImageP
     return whole_image.segment_image(model.spec, model.variables, image, model.config.eval)
 
 
-def _segment_one(model, output_dir, stem, source, raw, rgb, wanted, image_outputs) -> dict:
-    """Segment one image and write its files; returns its summary row (with its nuclei)."""
-    p = segment(model, rgb)
+def _segment_planes(model, pixels: np.ndarray) -> list[whole_image.ImagePrediction]:
+    """pixels (N, H, W[, C]) -> one prediction per plane, each on its own."""
+    return [segment(model, to_rgb(plane)) for plane in pixels]
+
+
+def _stacked(predictions) -> tuple[Instances, np.ndarray]:
+    """Per-plane predictions -> (Instances with (N, H, W) labels whose ids run on across the
+    planes, and every score; (N, H, W) foreground)."""
+    labels, offset = [], 0
+    for p in predictions:
+        labels.append(np.where(p.instances.label > 0, p.instances.label + offset, 0))
+        offset += len(p.instances.scores)
+    scores = np.concatenate([p.instances.scores for p in predictions])
+    return Instances(np.stack(labels), scores), np.stack([p.foreground for p in predictions])
+
+
+def _submission_rows(stem: str, axis: str, labels: Sequence[np.ndarray]) -> list:
+    """Kaggle rows: ImageId = stem for one image, stem_z0, stem_z1, ... for a stack's planes."""
+    if not axis:
+        return outputs.submission_rows(stem, labels[0])
+    return [
+        r
+        for k, lab in enumerate(labels)
+        for r in outputs.submission_rows(f"{stem}_{axis.lower()}{k}", lab)
+    ]
+
+
+def _segment_one(model, output_dir, stem, source, planes, wanted, image_outputs, rois) -> dict:
+    """Segment one image or stack and write its files; returns its summary row (with its
+    submission rows)."""
+    predictions = _segment_planes(model, planes.pixels)
+    first = predictions[0]
+    if planes.axis:
+        instances, foreground = _stacked(predictions)
+        raw = planes.pixels
+    else:
+        instances, foreground, raw = first.instances, first.foreground, planes.pixels[0]
     files = {}
     if image_outputs:
-        files = outputs.write_image_outputs(output_dir, stem, raw, rgb, p.instances, p.foreground)
-    if {stem, os.path.basename(source)} & wanted:
+        files = outputs.write_image_outputs(output_dir, stem, raw, instances, foreground, rois=rois)
+    if {stem, os.path.basename(source)} & wanted:  # a stack's first plane
         files["figure"] = figures.save_confidence_figure(
             os.path.join(output_dir, f"{stem}_figure.png"),
-            rgb,
-            p.foreground,
-            p.instances,
+            outputs.display_rgb(planes.pixels[0]),
+            first.foreground,
+            first.instances,
             title=f"{stem}: foreground probability, per-nucleus confidence",
         )
     return {
         "file": source,
         "image_id": stem,
-        "height": int(rgb.shape[0]),
-        "width": int(rgb.shape[1]),
-        "nuclei": int(p.instances.label.max()),
-        "predict_s": p.predict_s,
-        "postprocess_s": p.postprocess_s,
-        "scale": p.scale,  # the nucleus_area rescale (1.0: none)
+        "height": int(foreground.shape[-2]),
+        "width": int(foreground.shape[-1]),
+        "planes": len(predictions),
+        "plane_axis": planes.axis,
+        "nuclei": len(instances.scores),
+        "predict_s": sum(p.predict_s for p in predictions),
+        "postprocess_s": sum(p.postprocess_s for p in predictions),
+        "scale": first.scale,  # the nucleus_area rescale (1.0: none), of the first plane
         "outputs": files,
-        "submission": outputs.submission_rows(stem, p.instances.label),
+        "submission": _submission_rows(stem, planes.axis, [p.instances.label for p in predictions]),
     }
 
 
 def _run(
-    model, items: Iterator, total: int, output_dir, *, figure_images, image_outputs=True, extra=None
+    model,
+    items: Iterator,
+    total: int,
+    output_dir,
+    *,
+    figure_images,
+    image_outputs=True,
+    rois=False,
+    extra=None,
 ) -> dict:
-    """Predict every (stem, source, load) of `items`; load() -> raw array or raises."""
+    """Predict every (stem, source, load) of `items`; load() -> Planes or raises."""
     output_dir = os.path.abspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     wanted = {str(n) for n in figure_images}
@@ -205,14 +336,15 @@ def _run(
     for stem, source, load in items:
         bar.update()
         try:
-            raw, rgb = _load_raw(stem, source, load, taken)
+            planes = _load_raw(stem, source, load, taken)
         except ValueError as e:  # UnsupportedImageError, or to_rgb refusing the array
             logging.warning("skipped %s: %s", source, e)
             skipped.append({"file": source, "reason": str(e)})
             continue
         taken[stem] = source
         write = image_outputs and primary
-        images.append(_segment_one(model, output_dir, stem, source, raw, rgb, wanted, write))
+        row = _segment_one(model, output_dir, stem, source, planes, wanted, write, rois)
+        images.append(row)
     bar.close()
     found = {n for row in images for n in (row["image_id"], os.path.basename(row["file"]))}
     summary = {
@@ -242,18 +374,31 @@ def predict_folder(
     output_dir: str,
     *,
     figure_images: Sequence[str] = (),
+    channel: int | None = None,
+    rois: bool = False,
 ) -> dict:
     """Segment image files and folders of them with a trained model (nucjax.workdir.load).
 
     inputs: files and/or folders; figure_images: stems or file names to draw the confidence
-    figure (nucjax.figures) for. Returns the summary also written to output_dir/summary.json.
+    figure (nucjax.figures) for; channel: the nuclear channel (0-based) of multi-channel
+    images; rois: also write Fiji ROI zips. Returns the summary also written to
+    output_dir/summary.json.
     """
     files, ignored = gather_inputs(inputs)
     items = (
-        (os.path.splitext(os.path.basename(f))[0], f, lambda f=f: read_image(f)) for f in files
+        (os.path.splitext(os.path.basename(f))[0], f, lambda f=f: read_planes(f, channel))
+        for f in files
     )
-    extra = {"inputs": list(inputs), "ignored_files": ignored}
-    return _run(model, items, len(files), output_dir, figure_images=figure_images, extra=extra)
+    extra = {"inputs": list(inputs), "ignored_files": ignored, "channel": channel}
+    return _run(
+        model,
+        items,
+        len(files),
+        output_dir,
+        figure_images=figure_images,
+        rois=rois,
+        extra=extra,
+    )
 
 
 def predict_split(
@@ -263,6 +408,7 @@ def predict_split(
     *,
     figure_images: Sequence[str] = (),
     image_outputs: bool = True,
+    rois: bool = False,
 ) -> dict:
     """predict_folder for a split of the model's config.data (e.g. the 65 DSB stage-1 `test`
     images). ImageIds are the data set's ids, so submission.csv is what Kaggle scores."""
@@ -273,7 +419,8 @@ def predict_split(
     def items():
         for example in data.raw_dataset(data_config, split).as_numpy_iterator():
             image_id = evaluators.decode_id(example["id"])
-            yield image_id, f"{split}:{image_id}", lambda im=example["image"]: np.asarray(im)
+            image = example["image"]
+            yield image_id, f"{split}:{image_id}", lambda im=image: Planes(np.asarray(im)[None], "")
 
     return _run(
         model,
@@ -282,16 +429,19 @@ def predict_split(
         output_dir,
         figure_images=figure_images,
         image_outputs=image_outputs,
+        rois=rois,
         extra={"inputs": [f"split:{split}"], "data_source": data_config.source},
     )
 
 
 __all__ = [
+    "Planes",
     "UnsupportedImageError",
     "check_image",
     "gather_inputs",
     "predict_folder",
     "predict_split",
     "read_image",
+    "read_planes",
     "segment",
 ]

@@ -14,12 +14,23 @@ Both settings change speed only, never results' meaning:
   inlined into every initializer, and XLA:CPU takes ~25 s to compile a tiny U-Net's init with
   them; with rbg, 3 s. rbg still uses threefry for split/fold_in, so keys stay independent.
   Checkpoints store raw keys, so a run must resume under the PRNG it started with.
+
+And the console stays quiet unless asked (`configure(verbose=True)`, `--verbose`):
+- TensorFlow's and XLA's C++ logs below errors are off (TF_CPP_MIN_LOG_LEVEL, read when TF
+  starts).
+- TensorFlow's oneDNN kernels are off (TF_ENABLE_ONEDNN_OPTS=0, verbose or not, so both
+  modes compute the same): TF 2.21 prints its oneDNN notices at import whatever
+  TF_CPP_MIN_LOG_LEVEL says, and TF here only feeds the input pipeline.
+- The shared absl/Python log handler passes INFO lines of nucjax itself, but only warnings
+  and errors of other libraries (orbax logs every checkpoint step at INFO, jax the backends
+  it could not open).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.metadata
+import logging
 import os
 import sys
 
@@ -52,8 +63,40 @@ def import_tensorflow():
     return tf
 
 
-def configure() -> None:
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# TF's C++ log level when quiet: "2" hides INFO and WARNING (oneDNN notices), keeps errors.
+QUIET_TF_CPP_MIN_LOG_LEVEL = "2"
+
+
+class _NucjaxInfoOnly(logging.Filter):
+    """Pass warnings and errors of everyone, INFO and DEBUG only of nucjax's own modules."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
+
+
+_QUIET_FILTER = _NucjaxInfoOnly()
+
+
+def set_verbose(verbose: bool) -> None:
+    """Quiet (default) or verbose console logs (module docstring). TF's C++ level only takes
+    effect if TensorFlow is not imported yet; the Python filter applies at once."""
+    from absl import logging as absl_logging
+
+    handler = absl_logging.get_absl_handler()
+    if verbose:
+        handler.removeFilter(_QUIET_FILTER)
+        if "tensorflow" not in sys.modules:
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:
+        handler.addFilter(_QUIET_FILTER)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", QUIET_TF_CPP_MIN_LOG_LEVEL)
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def configure(verbose: bool = False) -> None:
     """Apply nucjax's process-wide settings (module docstring). Call before importing jax."""
+    set_verbose(verbose)
     _tune_cpu_convolutions()
     import jax
 

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import roifile
 import tifffile
 from PIL import Image
 
@@ -16,6 +17,7 @@ from nucjax import predict, whole_image, workdir
 from nucjax.data import rle, synthetic
 from nucjax.data.images import network_input, to_rgb
 from tests.conftest import REPO
+from tests.test_outputs import _raster
 from tests.trained import threshold_workdir
 
 GOOD = ("grey", "colour", "rgba", "deep", "planar", "flat")
@@ -59,10 +61,14 @@ def run(tmp_path_factory):
     return model, root, out, summary
 
 
+def _segment(model, pixels):
+    image = network_input(to_rgb(pixels), "rgb")
+    return whole_image.segment_image(model.spec, model.variables, image, model.config.eval)
+
+
 def _expected(model, root, name):
     """The label the model gives for an input file, computed here from its pixels."""
-    image = network_input(to_rgb(predict.read_image(str(root / "in" / name))), "rgb")
-    return whole_image.segment_image(model.spec, model.variables, image, model.config.eval)
+    return _segment(model, predict.read_image(str(root / "in" / name)))
 
 
 def test_summary_counts_processed_and_skipped(run):
@@ -72,7 +78,7 @@ def test_summary_counts_processed_and_skipped(run):
     reasons = {os.path.basename(s["file"]): s["reason"] for s in summary["skipped_files"]}
     assert set(reasons) == {"text.png", "dot.png", "stack.tif"}
     assert reasons["text.png"].startswith("text.png: not a readable image")
-    assert "1x1 pixels" in reasons["dot.png"] and "4-D" in reasons["stack.tif"]
+    assert "1x1 pixels" in reasons["dot.png"] and "4-D array of axes QQYX" in reasons["stack.tif"]
     assert [os.path.basename(p) for p in summary["ignored_files"]] == ["notes.txt"]
     assert summary["figures_not_found"] == ["nope"]
     assert json.load(open(os.path.join(out, "summary.json")))["skipped"] == len(BAD)
@@ -175,6 +181,72 @@ def test_command_line(tmp_path, run):
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "checkpoint_manager" not in done.stderr  # quiet: no orbax INFO lines
     assert "1 images segmented, 0 skipped (checkpoint step 7)" in done.stdout
     assert os.path.exists(tmp_path / "grey_labels.tif")
     assert os.path.exists(tmp_path / "grey_figure.png")
+
+
+def test_stacks_are_segmented_plane_by_plane(tmp_path, run):
+    model, _, _, _ = run
+    planes = np.stack([_nuclei((40, 48), 10 + k)[..., 0] for k in range(3)])
+    os.makedirs(tmp_path / "in")
+    tifffile.imwrite(tmp_path / "in" / "pair.tif", planes[:2], photometric="minisblack")
+    with tifffile.TiffWriter(tmp_path / "in" / "three.tif") as tif:  # pages, no shape metadata
+        for plane in planes:
+            tif.write(plane, metadata=None)
+    assert predict.read_planes(str(tmp_path / "in" / "three.tif")).axis == "I"  # never RGB
+    out = tmp_path / "out"
+    summary = predict.predict_folder(model, [str(tmp_path / "in")], str(out), rois=True)
+    assert summary["processed"] == 2 and not summary["skipped_files"]
+    with open(out / "submission.csv") as f:
+        ids = [r["ImageId"] for r in csv.DictReader(f)]
+    for stem, n in (("pair", 2), ("three", 3)):
+        label = tifffile.imread(out / f"{stem}_labels.tif")
+        assert label.shape == (n, 40, 48) and tifffile.imread(out / f"{stem}_prob.tif").shape == (
+            n,
+            40,
+            48,
+        )
+        offset = 0
+        for k in range(n):  # each plane on its own; ids run on across planes
+            want = _segment(model, planes[k]).instances.label
+            np.testing.assert_array_equal(label[k], np.where(want > 0, want + offset, 0))
+            offset += int(want.max())
+        assert offset > n  # it found nuclei
+        with open(out / f"{stem}_nuclei.csv") as f:
+            table = list(csv.DictReader(f))
+        assert [int(r["id"]) for r in table] == list(range(1, offset + 1))
+        assert all(
+            np.count_nonzero(label[int(r["plane"])] == int(r["id"])) == int(r["area"])
+            for r in table
+        )
+        assert tifffile.imread(out / f"{stem}_overlay.tif").shape == (n, 40, 48, 3)
+        rois = roifile.roiread(out / f"{stem}_rois.zip")
+        for k in range(n):
+            on_k = [r for r in rois if r.position == k + 1]
+            np.testing.assert_array_equal(_raster(on_k, (40, 48)), label[k])
+        assert [i for i in dict.fromkeys(ids) if i.startswith(stem)] == [
+            f"{stem}_{'q' if stem == 'pair' else 'i'}{k}" for k in range(n)
+        ]
+
+
+def test_channel_picks_the_nuclear_stain(tmp_path, run):
+    model, _, _, _ = run
+    nuclei = _nuclei((40, 48), 20)[..., 0].astype(np.uint16) * 257
+    noise = np.random.default_rng(0).integers(0, 65535, nuclei.shape, dtype=np.uint16)
+    path = tmp_path / "two.tif"
+    tifffile.imwrite(path, np.stack([noise, nuclei]), imagej=True, metadata={"axes": "CYX"})
+    skipped = predict.predict_folder(model, [str(path)], str(tmp_path / "a"))
+    assert (
+        "2 channels (axes CYX); choose the nuclear one with --channel=0..1"
+        in (skipped["skipped_files"][0]["reason"])
+    )
+    predict.predict_folder(model, [str(path)], str(tmp_path / "b"), channel=1)
+    label = tifffile.imread(tmp_path / "b" / "two_labels.tif")
+    np.testing.assert_array_equal(label, _segment(model, nuclei).instances.label)
+    assert label.max() > 1
+    with pytest.raises(predict.UnsupportedImageError, match="channels 0..1"):
+        predict.read_planes(str(path), channel=2)
+    grey = predict.read_planes(str(tmp_path / "b" / "two_labels.tif"), channel=1)  # one channel
+    np.testing.assert_array_equal(grey.pixels[0], label)
