@@ -254,6 +254,7 @@ class _Run:
             "resumed_from": self.start,
             "max_minutes": float(config.train.max_minutes),
             "devices": self.mesh.devices.size,
+            "device": f"{self.mesh.devices.size} x {self.mesh.devices.flat[0].device_kind}",
             **times,
             "final_eval": results,
             "checkpoints": self.ckpt.directory,
