@@ -188,6 +188,7 @@ def write_plot(path: str, table: dict) -> str:
             training["minutes"], dsb["value"], yerr=err, fmt="o", capsize=4, label=row["name"]
         )
     held_out = {r["test_split"] for r in table["rows"] if r["test_split"]}
+    ax.set_xlim(left=0)
     ax.set_xlabel("training minutes")
     ax.set_ylabel(f"DSB score ({' / '.join(sorted(held_out))}), 95 % interval")
     ax.set_title(f"Table 1, budget {table['budget']['name']}")

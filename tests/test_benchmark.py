@@ -2,12 +2,14 @@
 
 import json
 import os
+import subprocess
 
 import numpy as np
 import pytest
 
 from experiments import table1
 from nucjax import benchmark, metrics
+from tests.conftest import REPO
 
 
 @pytest.mark.parametrize(
@@ -226,3 +228,45 @@ def test_failed_training_is_reported_not_fatal(tmp_path):
     table = json.load(open(tmp_path / "table1.json"))
     assert table["failed"]["unet"] == "training exited with code 1"
     assert "Failed: unet: training exited with code 1" in open(tmp_path / "table1.md").read()
+
+
+@pytest.mark.slow
+def test_dry_run_through_the_real_commands(tmp_path):
+    """table1 end to end: the :tiny Simple CNN on synthetic data under a 5-minute budget (it
+    finishes its 2 steps first) and the baseline, through the real subprocesses; the table
+    holds the evaluators' own numbers, and a rerun starts nothing."""
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    commands = []
+
+    def run(command):
+        commands.append(command)
+        return subprocess.run(command, cwd=REPO, env=env, timeout=600).returncode
+
+    args = [
+        "--budget=minutes=5",
+        "--variant=tiny",
+        f"--workdir_root={tmp_path}/runs",
+        f"--out={tmp_path}/table1",
+        "--networks=simple_cnn,classical",
+        "--splits=validation",
+        "--n_resamples=100",
+    ]
+    assert table1.main(args, run=run) == 0
+    assert len(commands) == 3  # train, evaluate, baseline
+    runs = tmp_path / "runs" / "minutes_5"
+    summary = json.load(open(runs / "simple_cnn" / "summary.json"))
+    assert (summary["max_minutes"], summary["final_step"], summary["stopped_by_budget"]) == (
+        5.0,
+        2,
+        False,
+    )
+    network = json.load(open(runs / "simple_cnn" / "eval" / "validation_step2.json"))
+    baseline = json.load(open(runs / "classical" / "eval" / "validation.json"))
+    rows = {r["network"]: r for r in json.load(open(tmp_path / "table1.json"))["rows"]}
+    for name, report in (("simple_cnn", network), ("classical", baseline)):
+        for metric, key in benchmark.REPORT_KEYS.items():
+            value = rows[name]["scores"][metric]["value"]
+            assert value == pytest.approx(report["metrics"][key], abs=1e-9), (name, metric)
+    assert rows["simple_cnn"]["training"]["minutes"] == pytest.approx(summary["train_seconds"] / 60)
+    commands.clear()
+    assert table1.main(args, run=run) == 0 and commands == []
