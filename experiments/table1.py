@@ -67,6 +67,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args.splits = [s for s in SPLITS if s in args.splits.split(",")]
     if bad := [o for o in args.override if not o.startswith("--config.")]:
         parser.error(f"--override={bad[0]!r}: overrides look like --config.FIELD=VALUE")
+    if any(o.startswith("--config.train.max_minutes") for o in args.override):
+        parser.error("--override=--config.train.max_minutes: use --budget=minutes=N")
     return args
 
 
@@ -99,8 +101,10 @@ class Table:
         if code == PREEMPTED:
             raise Preempted(f"{network} training was preempted (checkpoint saved); run again")
         summary = benchmark.finished_training(workdir, self.args.budget)
-        if code != 0 or summary is None:
+        if code != 0:
             self.failed[network] = f"training exited with code {code}"
+        elif summary is None:
+            self.failed[network] = f"training wrote no summary.json for this budget in {workdir}"
         return summary if code == 0 else None
 
     def evaluate(self, network: str, workdir: str, split: str, step: int) -> dict | None:

@@ -218,6 +218,12 @@ def test_rerun_skips_finished_runs(tmp_path):
     assert len(runs.commands) == 1 and "--config.train.max_minutes=5" in runs.commands[0]
 
 
+def test_budget_is_not_an_override(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        table1.parse_args([*_args(tmp_path), "--override=--config.train.max_minutes=3"])
+    assert "use --budget=minutes=N" in capsys.readouterr().err
+
+
 def test_preempted_training_stops_the_table(tmp_path):
     assert table1.main(_args(tmp_path, "best"), run=FakeRuns(code=3)) == 3
     assert not (tmp_path / "table1.md").exists()
