@@ -95,16 +95,18 @@ class Checkpointer:
         if step is None:
             return state_template, None
         where = os.path.join(self.directory, str(step))
-        saved_meta = self.manager.restore(
-            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
-        ).meta
-        check_compatible(saved_meta, meta, where)
+        check_compatible(self.saved_meta(step), meta, where)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
         restored = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
         ).state
         logging.info("restored %s", where)
         return restored, step
+
+    def saved_meta(self, step: int) -> dict[str, Any]:
+        """The `meta` item saved with checkpoint `step` (describe() plus what the trainer adds,
+        such as `train_seconds`)."""
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -47,6 +47,7 @@ RULES = tuple(
         ("train.eval_every_steps", _at_least(0)),
         ("train.checkpoint_every_steps", _at_least(0)),
         ("train.keep_checkpoints", _at_least(1)),
+        ("train.max_minutes", _at_least(0)),
         ("optim.learning_rate", _above(0)),
         ("optim.warmup_steps", _at_least(0)),
         ("optim.weight_decay", _at_least(0)),

@@ -127,7 +127,8 @@ class Evaluator:
         ):
             row = {"id": image_id, "modality": modality, "height": label.shape[0]}
             result = record(image, label)
-            result["row"] = {**row, "width": label.shape[1], **result["row"]}
+            sums = metrics.additive_sums(result)
+            result["row"] = {**row, "width": label.shape[1], **result["row"], "sums": sums}
             records.append(result)
             if bar is not None:
                 bar.update()

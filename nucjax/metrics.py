@@ -210,6 +210,37 @@ def image_record(
     return {"row": row, "sums": sums}
 
 
+def additive_sums(record: dict) -> dict[str, Any]:
+    """The pixel parts of an image_record's "sums" as JSON lists: {"pixels" / "map_pixels":
+    {name: [sum, count]}, "keras": [all (11,), positive (11,)]} (those present).
+
+    The evaluators keep it in each image's row, so that pooled pixel metrics can be recomputed
+    (pooled_from_sums) or resampled over images from a report alone.
+    """
+    sums = record["sums"]
+    out: dict[str, Any] = {
+        key: {name: [float(a), float(b)] for name, (a, b) in sums[key].items()}
+        for key in ("pixels", "map_pixels")
+        if key in sums
+    }
+    if "keras" in sums:
+        out["keras"] = [np.asarray(h, np.float64).tolist() for h in sums["keras"]]
+    return out
+
+
+def pooled_from_sums(key: str, name: str, sums: np.ndarray) -> float:
+    """A pooled pixel metric from additive_sums parts added over images.
+
+    key "pixels" / "map_pixels" with name "foreground_iou" / "pixel_accuracy": sums (2,) =
+    [sum, count]; key "keras" (name ignored): sums (2, 11) = [all, positive] histograms.
+    Equals summarize()'s value for the same images.
+    """
+    sums = np.asarray(sums, np.float64)
+    if key == "keras":
+        return _keras_from_histograms(sums[0], sums[1])
+    return float(_ratio(sums[0], sums[1], True))
+
+
 def _instance_summary(records: Sequence[dict]) -> dict[str, float]:
     rows = [r["row"] for r in records]
 

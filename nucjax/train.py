@@ -33,6 +33,7 @@ from jax.sharding import PartitionSpec as P
 
 from nucjax import (
     augment,
+    budget,
     checkpoint,
     config_checks,
     evaluators,
@@ -235,7 +236,11 @@ class _Run:
             workdirs.resolve_config(workdir, config)
         self.state, restored = self.ckpt.restore(state, self.meta)
         self.start = int(jax.device_get(self.state.step))
+        # Training seconds the restored checkpoint had spent (nucjax.budget); 0 when fresh or
+        # written before the count existed.
+        self.train_seconds = 0.0
         if restored is not None:
+            self.train_seconds = float(self.ckpt.saved_meta(restored).get("train_seconds", 0.0))
             logging.info("resuming from step %d of %d", self.start, self.steps)
         self.primary = jax.process_index() == 0
         self.writer = reporting.MetricWriter(workdir, enabled=self.primary)
@@ -247,7 +252,9 @@ class _Run:
             "model": config.model.name,
             "steps": self.steps,
             "resumed_from": self.start,
+            "max_minutes": float(config.train.max_minutes),
             "devices": self.mesh.devices.size,
+            "device": f"{self.mesh.devices.size} x {self.mesh.devices.flat[0].device_kind}",
             **times,
             "final_eval": results,
             "checkpoints": self.ckpt.directory,
@@ -276,11 +283,15 @@ def _log_train(step: int, pending, ckpt: checkpoint.Checkpointer, writer, bar) -
     bar.set_postfix({k: f"{scalars[k]:.4g}" for k in ("loss",) if k in scalars}, refresh=False)
 
 
-def train_and_evaluate(config, workdir: str, batches: Iterator | None = None) -> dict[str, Any]:
+def train_and_evaluate(
+    config, workdir: str, batches: Iterator | None = None, clock=None
+) -> dict[str, Any]:
     """Train `config` in `workdir`, resuming from its latest checkpoint. Returns the summary.
 
     batches: an iterator of host batches (see nucjax.models.spec) to train on instead of the
     tf.data pipeline; it must start at the state's step (the default pipeline does).
+    clock: seconds for the training-time budget (config.train.max_minutes, nucjax.budget);
+    default time.monotonic, tests pass a fake one.
     Raises Preempted after SIGTERM or SIGINT, with a checkpoint at the step it names
     (nucjax.preemption); running again resumes there.
     """
@@ -289,30 +300,40 @@ def train_and_evaluate(config, workdir: str, batches: Iterator | None = None) ->
     train_step = make_train_step(run.spec, run.tx, run.mesh, augment.photometric(config.data))
     eval_every = config.train.eval_every_steps or math.ceil(run.num_train / config.train.batch_size)
     state, ckpt, steps = run.state, run.ckpt, run.steps
+    timer = budget.TrainingClock(run.train_seconds, 60.0 * config.train.max_minutes, clock)
+    # A resumed run whose budget is already spent trains nothing (it must not go past it).
+    todo = range(run.start + 1, steps + 1) if not timer.exhausted() else range(0)
     bar = reporting.progress(steps, "train", "step", initial=run.start)
-    pending, t_start, t_first, results = None, time.perf_counter(), None, {}
+    pending, t_start, t_first, results, last = None, time.perf_counter(), None, {}, run.start
     with preemption.stop_signals() as stop:
         try:
-            for step in range(run.start + 1, steps + 1):
+            timer.start()
+            for step in todo:
                 state, sums = train_step(state, parallel.shard_batch(next(batches), run.mesh))
-                pending = add_sums(pending, sums)
-                if t_first is None:  # the first step includes compilation
-                    jax.block_until_ready(state.step)
-                    t_first = time.perf_counter()
-                # Read the flag once per step so that logging, saving and stopping agree on it.
-                stopping = stop.signum is not None and step < steps
-                saving = ckpt.due(step) or step == steps or stopping
+                pending, last = add_sums(pending, sums), step
+                if t_first is None or timer.limit_s > 0:  # the first step includes compilation
+                    jax.block_until_ready(state.step)  # a budget counts finished steps
+                    t_first = t_first or time.perf_counter()
+                # Read the flag and the budget once per step, so that logging, saving,
+                # evaluating and stopping agree on them.
+                final = step == steps or timer.exhausted()
+                stopping = stop.signum is not None and not final
+                saving = ckpt.due(step) or final or stopping
                 if step % config.train.log_every_steps == 0 or saving:
                     _log_train(step, pending, ckpt, run.writer, bar)
                     pending = None
                 bar.update(step - bar.n)
                 if saving:
-                    ckpt.save(step, state, run.meta)
+                    ckpt.save(step, state, {**run.meta, "train_seconds": timer.spent()})
                 if stopping:  # no evaluation: a scheduler's grace period is short
                     ckpt.wait()
                     raise preemption.Preempted(step, stop.signum, ckpt.directory)
-                if step % eval_every == 0 or step == steps:
-                    results = run_evaluators(config, run.spec, state, step, run.writer)
+                if step % eval_every == 0 or final:
+                    with timer.paused():
+                        results = run_evaluators(config, run.spec, state, step, run.writer)
+                if final:
+                    break
+            timer.stop()
             jax.block_until_ready(state)
         finally:
             # On any exit, let a checkpoint being written finish: nothing half-written survives.
@@ -322,6 +343,9 @@ def train_and_evaluate(config, workdir: str, batches: Iterator | None = None) ->
             run.writer.close()
     t_end = time.perf_counter()
     times = {
+        "final_step": last,
+        "stopped_by_budget": last < steps,
+        "train_seconds": timer.spent(),
         "wall_clock_s": t_end - t_start,
         "compile_and_first_step_s": (t_first - t_start) if t_first else 0.0,
         "train_s_excluding_compile": (t_end - t_first) if t_first else 0.0,

@@ -64,6 +64,9 @@ def get_config() -> ml_collections.ConfigDict:
     # --config.train.checkpoint_every_steps=1000. 0 = only at the end (and when preempted).
     train.checkpoint_every_steps = 250
     train.keep_checkpoints = 3  # >= 1 (nucjax.config_checks)
+    # > 0: stop (checkpoint, evaluate, summary) once this many minutes of training are spent,
+    # counted over resumed runs too (nucjax.budget); evaluation time is not counted. 0 = none.
+    train.max_minutes = 0.0
 
     # Evaluation (nucjax.evaluators), the same in the trainer and in --mode=evaluate: whole
     # images through the tiling and post-processing below. The trainer scores
