@@ -21,9 +21,13 @@ summary.json (files processed, files skipped and why). Writers: nucjax.outputs (
 crash never leaves a half-written output).
 
 A file that cannot be used (not an image, a stack rather than one image, smaller than
-MIN_SIDE pixels, NaN values, a stem already taken) is skipped and listed in the summary; the
-others are still written. No input images at all, or a checkpoint of another model, is an
-error.
+MIN_SIDE pixels, NaN values, a stem already taken; in an input folder also a broken symbolic
+link or a subfolder, which are not searched) is skipped with a warning and listed in the
+summary (skipped_files); the others are still written. An image whose outputs cannot be
+written (OSError: disk full, permission denied) is reported with a warning, its partly written
+files are removed, and it is listed under failed_files and left out of submission.csv; the
+others are still written, and `python -m nucjax.main` exits with WRITE_FAILED_EXIT_CODE (4).
+No input images at all, or a checkpoint of another model, is an error.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ from nucjax.data.images import network_input, to_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MIN_SIDE = 8  # pixels; smaller images hold no nucleus worth finding
+# Exit code of `nucjax.main --mode=predict` when the outputs of some images could not be
+# written: the rest are complete, but the job did not do all it was asked (0 done, 1 error).
+WRITE_FAILED_EXIT_CODE = 4
 
 
 class UnsupportedImageError(ValueError):
@@ -55,22 +62,41 @@ class UnsupportedImageError(ValueError):
 # Inputs
 
 
-def gather_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Files and folders -> (image files in order, files in those folders that were ignored).
+def _unusable_entry(full: str) -> str | None:
+    """Why an entry of an input folder cannot be an input (None: it can)."""
+    if os.path.islink(full) and not os.path.exists(full):
+        return f"a broken symbolic link (to {os.readlink(full)}, which does not exist)"
+    if os.path.isdir(full):
+        return "a folder: folders are not searched recursively; pass it as an input of its own"
+    if not os.path.isfile(full):
+        return "not a regular file"
+    return None
+
+
+def gather_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str], list[dict]]:
+    """Files and folders -> (image files in order, files in those folders that were ignored,
+    folder entries that could not be inputs as {file, reason}).
 
     Folders contribute their files with an image suffix (not recursive), sorted; files given
-    by name are always tried. Raises FileNotFoundError for a missing path, no inputs, or a
-    folder holding no images.
+    by name are always tried. Hidden entries are passed over; broken symbolic links and
+    subfolders are returned with the reason, to be reported (they may be images the user
+    meant). Raises FileNotFoundError for a missing path, no inputs, or a folder holding no
+    images.
     """
     if not inputs:
         raise FileNotFoundError("no inputs given: pass image files or folders")
-    files, ignored = [], []
+    files, ignored, unusable = [], [], []
     for path in inputs:
         if os.path.isdir(path):
             found = []
             for name in sorted(os.listdir(path)):
                 full = os.path.join(path, name)
-                if not os.path.isfile(full) or name.startswith("."):
+                if name.startswith("."):  # hidden, or the temporary file of a write
+                    continue
+                if (reason := _unusable_entry(full)) is not None:
+                    unusable.append({"file": full, "reason": f"{name}: {reason}"})
+                    continue
+                if not os.path.isfile(full):
                     continue
                 wanted = name.lower().endswith(IMAGE_SUFFIXES)
                 ours = name.endswith(outputs.OUTPUT_SUFFIXES)
@@ -82,9 +108,13 @@ def gather_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
             files += found
         elif os.path.isfile(path):
             files.append(path)
+        elif os.path.islink(path):
+            raise FileNotFoundError(
+                f"input {path} is a broken symbolic link (to {os.readlink(path)})"
+            )
         else:
             raise FileNotFoundError(f"input {path} does not exist")
-    return files, ignored
+    return files, ignored, unusable
 
 
 def _pil_array(path: str) -> np.ndarray:
@@ -150,20 +180,29 @@ def _load_raw(stem: str, source: str, load, taken: dict[str, str]) -> tuple[np.n
 
 
 def _segment_one(model, output_dir, stem, source, raw, rgb, wanted, image_outputs) -> dict:
-    """Segment one image and write its files; returns its summary row (with its nuclei)."""
+    """Segment one image and write its files; returns its summary row (with its nuclei).
+
+    Raises OSError when a file cannot be written, after removing those of its files that were.
+    """
     image = network_input(rgb, model.config.data.input_view)
     p = whole_image.segment_image(model.spec, model.variables, image, model.config.eval)
     files = {}
-    if image_outputs:
-        files = outputs.write_image_outputs(output_dir, stem, raw, rgb, p.instances, p.foreground)
-    if {stem, os.path.basename(source)} & wanted:
-        files["figure"] = figures.save_confidence_figure(
-            os.path.join(output_dir, f"{stem}_figure.png"),
-            rgb,
-            p.foreground,
-            p.instances,
-            title=f"{stem}: foreground probability, per-nucleus confidence",
-        )
+    try:
+        if image_outputs:
+            files = outputs.write_image_outputs(
+                output_dir, stem, raw, rgb, p.instances, p.foreground
+            )
+        if {stem, os.path.basename(source)} & wanted:
+            files["figure"] = figures.save_confidence_figure(
+                os.path.join(output_dir, f"{stem}_figure.png"),
+                rgb,
+                p.foreground,
+                p.instances,
+                title=f"{stem}: foreground probability, per-nucleus confidence",
+            )
+    except OSError:
+        outputs.remove_image_outputs(output_dir, stem)
+        raise
     return {
         "file": source,
         "image_id": stem,
@@ -179,14 +218,28 @@ def _segment_one(model, output_dir, stem, source, raw, rgb, wanted, image_output
 
 
 def _run(
-    model, items: Iterator, total: int, output_dir, *, figure_images, image_outputs=True, extra=None
+    model,
+    items: Iterator,
+    total: int,
+    output_dir,
+    *,
+    figure_images,
+    image_outputs=True,
+    extra=None,
+    skipped=(),
 ) -> dict:
-    """Predict every (stem, source, load) of `items`; load() -> raw array or raises."""
+    """Predict every (stem, source, load) of `items`; load() -> raw array or raises.
+
+    skipped: {file, reason} of inputs already found unusable, reported with the others.
+    """
     output_dir = os.path.abspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     wanted = {str(n) for n in figure_images}
     primary = jax.process_index() == 0
-    images, skipped, taken = [], [], {}
+    images, failed, taken = [], [], {}
+    skipped = list(skipped)
+    for item in skipped:
+        logging.warning("skipped %s: %s", item["file"], item["reason"])
     bar = reporting.progress(total, "predict", "img")
     t0 = time.perf_counter()
     for stem, source, load in items:
@@ -199,7 +252,11 @@ def _run(
             continue
         taken[stem] = source
         write = image_outputs and primary
-        images.append(_segment_one(model, output_dir, stem, source, raw, rgb, wanted, write))
+        try:
+            images.append(_segment_one(model, output_dir, stem, source, raw, rgb, wanted, write))
+        except OSError as e:  # disk full, permission denied: the other images may still fit
+            logging.warning("could not write the outputs of %s: %s", source, e)
+            failed.append({"file": source, "image_id": stem, "reason": str(e)})
     bar.close()
     found = {n for row in images for n in (row["image_id"], os.path.basename(row["file"]))}
     summary = {
@@ -210,6 +267,8 @@ def _run(
         "processed": len(images),
         "skipped": len(skipped),
         "skipped_files": skipped,
+        "failed": len(failed),
+        "failed_files": failed,  # segmented, but its outputs could not be written
         "figures_not_found": sorted(wanted - found),
         "seconds": time.perf_counter() - t0,
         "images": images,
@@ -235,12 +294,20 @@ def predict_folder(
     inputs: files and/or folders; figure_images: stems or file names to draw the confidence
     figure (nucjax.figures) for. Returns the summary also written to output_dir/summary.json.
     """
-    files, ignored = gather_inputs(inputs)
+    files, ignored, unusable = gather_inputs(inputs)
     items = (
         (os.path.splitext(os.path.basename(f))[0], f, lambda f=f: read_image(f)) for f in files
     )
     extra = {"inputs": list(inputs), "ignored_files": ignored}
-    return _run(model, items, len(files), output_dir, figure_images=figure_images, extra=extra)
+    return _run(
+        model,
+        items,
+        len(files),
+        output_dir,
+        figure_images=figure_images,
+        extra=extra,
+        skipped=unusable,
+    )
 
 
 def predict_split(
@@ -274,6 +341,7 @@ def predict_split(
 
 
 __all__ = [
+    "WRITE_FAILED_EXIT_CODE",
     "UnsupportedImageError",
     "gather_inputs",
     "predict_folder",
