@@ -7,6 +7,7 @@ checkpoint, prints one line and exits 3, and running the command again resumes f
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,10 +34,14 @@ def _run(*args) -> subprocess.CompletedProcess:
     )
 
 
+# The log records of absl, TensorFlow and XLA: a severity letter and digits, or the C++
+# logger's notice that it is not initialised.
+LOG_LINE = re.compile(r"[IWEF]\d{4}|WARNING: All log messages before absl::InitializeLog")
+
+
 def _nucjax_lines(stderr: str) -> list[str]:
-    """stderr without the log lines of absl, TensorFlow and XLA (a letter, then digits)."""
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    return [line for line in lines if not (line[:1] in "IWE" and line[1:5].isdigit())]
+    """stderr without blank lines and log records: what nucjax itself printed."""
+    return [line for line in stderr.splitlines() if line.strip() and not LOG_LINE.match(line)]
 
 
 def test_config_error_is_one_line_and_exit_code_1(tmp_path):
@@ -47,6 +52,32 @@ def test_config_error_is_one_line_and_exit_code_1(tmp_path):
         "nucjax: config.optim.learning_rate=-0.5 is out of range: it must be > 0"
     ], done.stderr[-2000:]
     assert not os.path.exists(tmp_path / "checkpoints")  # refused before anything was built
+
+
+def test_damaged_dataset_build_is_one_line_and_exit_code_1(tmp_path):
+    """A flipped byte in a built DSB record file (a fake set built here, never the real one):
+    one line naming the file and how to rebuild, not a DataLossError traceback."""
+    from nucjax.data import dsb2018
+    from tests.data.test_dsb2018 import write_fake_source
+
+    source = tmp_path / "source"
+    sums = write_fake_source(source)["checksums"]
+    builder = dsb2018.prepare(data_dir=tmp_path / "tfds", source=str(source), checksums=sums)
+    (record,) = (tmp_path / "tfds").glob("dsb2018/*/*/dsb2018-train.tfrecord*")
+    data = bytearray(record.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    record.write_bytes(data)
+    done = _run(
+        TINY,
+        f"--workdir={tmp_path / 'run'}",
+        "--config.data.source=dsb2018",
+        f"--config.data.data_dir={tmp_path / 'tfds'}",
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    (line,) = _nucjax_lines(done.stderr)
+    assert line.startswith(f"nucjax: {record}: damaged dsb2018 build (corrupted record at ")
+    assert line.endswith(f"rebuild it: `rm -r {builder.data_dir}`, then run again "
+                         "(the build is redone from the fetched files)")  # fmt: skip
 
 
 def _wait_for_training(workdir, process, timeout=240.0) -> None:
