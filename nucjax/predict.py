@@ -33,6 +33,7 @@ No input images at all, or a checkpoint of another model, is an error.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -49,6 +50,10 @@ from nucjax.data.images import network_input, to_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MIN_SIDE = 8  # pixels; smaller images hold no nucleus worth finding
+# Pillow's own limit (it refuses images over twice Image.MAX_IMAGE_PIXELS, ~179 million pixels,
+# about 13000 x 13000), applied to TIFFs too: a damaged header can declare gigabytes that
+# tifffile would allocate and fill before finding the data missing. Larger images: tile first.
+MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
 # Exit code of `nucjax.main --mode=predict` when the outputs of some images could not be
 # written: the rest are complete, but the job did not do all it was asked (0 done, 1 error).
 WRITE_FAILED_EXIT_CODE = 4
@@ -129,26 +134,42 @@ def _pil_array(path: str) -> np.ndarray:
         return np.asarray(im)
 
 
+def _tiff_array(path: str) -> np.ndarray:
+    """The first series of a TIFF, refused before reading when it declares over MAX_PIXELS
+    pixels of up to 4 channels."""
+    with tifffile.TiffFile(path) as tif:
+        shape = tif.series[0].shape
+        if math.prod(shape) > 4 * MAX_PIXELS:
+            raise UnsupportedImageError(
+                f"{os.path.basename(path)}: declares {shape} values, over the {MAX_PIXELS} "
+                "pixels (of up to 4 channels) predict reads; crop or tile it first"
+            )
+        return np.asarray(tif.series[0].asarray())
+
+
 def read_image(path: str) -> np.ndarray:
     """One image file -> (H, W) or (H, W, C) array, C in 1..4, in the file's own dtype.
 
     TIFF through tifffile (leading singleton axes dropped; channels-first (C, H, W) moved
     last), everything else through pillow. Raises UnsupportedImageError naming the file for
-    anything that is not one 2-D image of at least MIN_SIDE x MIN_SIDE finite pixels.
+    anything that is not one 2-D image of at least MIN_SIDE x MIN_SIDE finite pixels and at
+    most MAX_PIXELS pixels.
     """
     name = os.path.basename(path)
     try:
         if path.lower().endswith((".tif", ".tiff")):
-            array = np.asarray(tifffile.imread(path))
+            array = _tiff_array(path)
         else:
             array = _pil_array(path)
+    except UnsupportedImageError:
+        raise
     except Exception as e:  # every decoder's own error type: all mean "not readable"
         raise UnsupportedImageError(f"{name}: not a readable image ({e})") from e
     while array.ndim > 3 and array.shape[0] == 1:
         array = array[0]
     if array.ndim == 3 and array.shape[-1] > 4 and array.shape[0] <= 4:
         array = np.moveaxis(array, 0, -1)
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] > 4):
+    if array.ndim not in (2, 3) or (array.ndim == 3 and not 1 <= array.shape[-1] <= 4):
         raise UnsupportedImageError(
             f"{name}: a {array.ndim}-D array of shape {array.shape}, not one image; predict "
             "takes (H, W) grey or (H, W, 1..4) colour, not stacks or time series"
