@@ -161,14 +161,7 @@ def test_unwritable_image_is_reported_skipped_and_cleaned_up(tmp_path, run, monk
     """A disk that fills up at grey's overlay: its label and probability TIFFs (already
     written) are removed, the other images and summary.json / submission.csv still written."""
     model, root, _, _ = run
-    write_png = outputs.write_png
-
-    def full_disk_for_grey(path, image):
-        if os.path.basename(path).startswith("grey_"):
-            raise OSError(errno.ENOSPC, "No space left on device", path)
-        return write_png(path, image)
-
-    monkeypatch.setattr(outputs, "write_png", full_disk_for_grey)
+    monkeypatch.setattr(outputs, "write_png", _failing(outputs.write_png, "grey_overlay.png"))
     inputs = [str(root / "in" / n) for n in ("grey.png", "colour.jpg", "deep.tif")]
     out = tmp_path / "o"
     with caplog.at_level("WARNING"):
@@ -188,6 +181,41 @@ def test_unwritable_image_is_reported_skipped_and_cleaned_up(tmp_path, run, monk
         assert {r["ImageId"] for r in csv.DictReader(f)} == {"colour", "deep"}
     saved = json.load(open(out / "summary.json"))
     assert saved["failed_files"] == summary["failed_files"]
+
+
+def test_command_line_exit_code_when_some_outputs_failed(tmp_path, run, monkeypatch, capsys):
+    """nucjax.main in this process (the failing writer can only be patched here): the images
+    that were written are reported, the failed one by name, and the exit code is 4."""
+    from absl import flags
+
+    from nucjax import main as cli
+
+    _, root, _, _ = run
+    monkeypatch.setattr(outputs, "write_csv", _failing(outputs.write_csv, "grey_nuclei.csv"))
+    inputs = f"{root / 'in' / 'grey.png'},{root / 'in' / 'flat.png'}"
+    flags.FLAGS(["nucjax", "--mode=predict", f"--workdir={root / 'workdir'}",
+                 f"--input={inputs}", f"--output={tmp_path}"])  # fmt: skip
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["nucjax"])
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert exit_.value.code == predict.WRITE_FAILED_EXIT_CODE == 4
+    printed = capsys.readouterr().out
+    assert "1 images segmented, 0 skipped, 1 FAILED to write (checkpoint step 7)" in printed
+    assert f"  FAILED  {root / 'in' / 'grey.png'}: outputs not written: " in printed
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("grey")]
+
+
+def _failing(write, name: str):
+    """`write`, except that writing a file called `name` fails as a full disk does."""
+
+    def failing(path, *args):
+        if os.path.basename(path) == name:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return write(path, *args)
+
+    return failing
 
 
 def test_broken_links_and_subfolders_are_reported(tmp_path, run, caplog):
