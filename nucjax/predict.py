@@ -7,7 +7,8 @@
 The workdir's saved config builds the network; nothing of the optimizer is read.
 
 Reads PNG, JPEG, BMP (pillow) and TIFF (tifffile): grey, grey + alpha, RGB or RGBA, 8- or
-16-bit or float, any size (tiled; resized only when config.eval.nucleus_area asks). Writes,
+16-bit or float, any size up to MAX_PIXELS (tiled; resized only when config.eval.nucleus_area
+asks). Writes,
 for every image with stem S:
   S_labels.tif   instance labels, uint16 (int32 past 65535 nuclei), 0 background: opens as a
                  label image in napari and Fiji
