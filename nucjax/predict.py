@@ -8,8 +8,7 @@ The workdir's saved config builds the network; nothing of the optimizer is read.
 
 Reads PNG, JPEG, BMP (pillow) and TIFF (tifffile): grey, grey + alpha, RGB or RGBA, 8- or
 16-bit or float, any size up to MAX_PIXELS (tiled; resized only when config.eval.nucleus_area
-asks). Writes,
-for every image with stem S:
+asks). Writes, for every image with stem S:
   S_labels.tif   instance labels, uint16 (int32 past 65535 nuclei), 0 background: opens as a
                  label image in napari and Fiji
   S_prob.tif     float32 foreground probability
@@ -102,8 +101,6 @@ def gather_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str], list[dic
                 if (reason := _unusable_entry(full)) is not None:
                     unusable.append({"file": full, "reason": f"{name}: {reason}"})
                     continue
-                if not os.path.isfile(full):
-                    continue
                 wanted = name.lower().endswith(IMAGE_SUFFIXES)
                 ours = name.endswith(outputs.OUTPUT_SUFFIXES)
                 (found if wanted and not ours else ignored).append(full)
@@ -153,8 +150,8 @@ def read_image(path: str) -> np.ndarray:
 
     TIFF through tifffile (leading singleton axes dropped; channels-first (C, H, W) moved
     last), everything else through pillow. Raises UnsupportedImageError naming the file for
-    anything that is not one 2-D image of at least MIN_SIDE x MIN_SIDE finite pixels and at
-    most MAX_PIXELS pixels.
+    anything that is not one 2-D image of at least MIN_SIDE x MIN_SIDE finite pixels, or is
+    larger than MAX_PIXELS pixels (Pillow) or 4 * MAX_PIXELS values (TIFF, from its header).
     """
     name = os.path.basename(path)
     try:
