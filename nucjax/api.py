@@ -91,7 +91,9 @@ class Model:
         with a progress bar. A file that is not a usable image is skipped with a warning."""
         if isinstance(paths, str | os.PathLike):
             paths = [paths]
-        files, _ = predict.gather_inputs([os.fspath(p) for p in paths])
+        files, _, unusable = predict.gather_inputs([os.fspath(p) for p in paths])
+        for item in unusable:  # broken links, subfolders
+            logging.warning("skipped %s: %s", item["file"], item["reason"])
         bar = reporting.progress(len(files), "segment", "img")
         try:
             for path in files:

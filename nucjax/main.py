@@ -17,8 +17,10 @@ Training needs --config (a locked config: a mistyped override such as
 a --config given there may change evaluation and post-processing (config.eval), not the network.
 
 Exit codes: 0 done; 1 an error (expected user errors print one line: a config value out of
-range, a missing checkpoint, a damaged bundle, ...); 3 training was stopped by SIGTERM or
-SIGINT after saving a checkpoint (nucjax.preemption): run the same command again to resume.
+range, a missing checkpoint, a damaged bundle or data set file, ...); 3 training was stopped
+by SIGTERM or SIGINT after saving a checkpoint (nucjax.preemption): run the same command again
+to resume; 4 predict wrote every image it could, but the outputs of some could not be written
+(disk full, permission denied: listed on stderr and in summary.json under failed_files).
 """
 
 from __future__ import annotations
@@ -130,14 +132,20 @@ def _predict():
             model, inputs, output, figure_images=figures, channel=FLAGS.channel, rois=FLAGS.rois
         )
     print(f"{summary['processed']} images segmented, {summary['skipped']} skipped", end="")
+    if summary["failed"]:
+        print(f", {summary['failed']} FAILED to write", end="")
     print(f" (checkpoint step {summary['step']})")
     for item in summary["skipped_files"]:
         print(f"  skipped {item['file']}: {item['reason']}")
+    for item in summary["failed_files"]:
+        print(f"  FAILED  {item['file']}: outputs not written: {item['reason']}")
     for name in summary["figures_not_found"]:
         print(f"  --figure_image={name}: no such input image")
     print(f"outputs:    {summary['output_dir']}")
     print(f"submission: {summary['submission']}")
     print(f"summary:    {summary['summary']}")
+    if summary["failed"]:
+        sys.exit(predict.WRITE_FAILED_EXIT_CODE)
 
 
 def _export():
@@ -172,6 +180,7 @@ def main(argv):
     import jax
 
     from nucjax import bundle, checkpoint, config_checks, data, evaluators, preemption, workdir
+    from nucjax.data.dsb2018_readers import Dsb2018Error
 
     logging.info("JAX devices: %s", jax.devices())
     try:
@@ -185,6 +194,7 @@ def main(argv):
         checkpoint.IncompatibleCheckpointError,
         config_checks.ConfigError,
         data.UnknownSplitError,
+        Dsb2018Error,  # a bad source file or a damaged build, named with what to do
         evaluators.UnlabelledSplitError,
         workdir.ConfigMismatchError,
     ) as e:

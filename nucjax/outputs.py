@@ -50,6 +50,7 @@ OUTPUT_SUFFIXES = (
     "_figure.png",
     "_rois.zip",
 )
+IMAGE_OUTPUT_SUFFIXES = (*OUTPUT_SUFFIXES, "_nuclei.csv")  # every file of one image
 # Display range of an image for people: these percentiles of its intensities go to 0 and 255.
 DISPLAY_PERCENTILES = (1.0, 99.8)
 
@@ -213,6 +214,18 @@ def submission_rows(image_id: str, label: np.ndarray) -> list[tuple[str, str]]:
     """Kaggle rows of one image: one per nucleus, or a single empty row when there is none."""
     rles = [r for r in rle.label_to_rles(label) if r]
     return [(image_id, r) for r in rles] or [(image_id, "")]
+
+
+def remove_image_outputs(output_dir: str, stem: str) -> list[str]:
+    """Deletes the per-image files of `stem` that exist (after a failed write: no image is
+    left with some of its files). Returns the paths removed."""
+    removed = []
+    for suffix in IMAGE_OUTPUT_SUFFIXES:
+        path = os.path.join(output_dir, stem + suffix)
+        if os.path.lexists(path):
+            os.remove(path)
+            removed.append(path)
+    return removed
 
 
 def write_image_outputs(

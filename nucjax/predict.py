@@ -7,10 +7,10 @@
 The workdir's saved config builds the network; nothing of the optimizer is read.
 
 Reads PNG, JPEG, BMP (pillow) and TIFF (tifffile): grey, grey + alpha, RGB or RGBA, 8- or
-16-bit or float, any size (tiled; resized only when config.eval.nucleus_area asks). A TIFF is
-read by its axes (tifffile series): a z-stack, time series or plain multi-page TIFF is
-segmented plane by plane into a label stack; a multi-channel image (axis C) needs `channel`
-(--channel), the nuclear stain. Writes, for every image with stem S:
+16-bit or float, any size up to MAX_PIXELS (tiled; resized only when config.eval.nucleus_area
+asks). A TIFF is read by its axes (tifffile series): a z-stack, time series or plain
+multi-page TIFF is segmented plane by plane into a label stack; a multi-channel image (axis C)
+needs `channel` (--channel), the nuclear stain. Writes, for every image with stem S:
   S_labels.tif   instance labels, uint16 (int32 past 65535 nuclei), 0 background: opens as a
                  label image in napari and Fiji
   S_prob.tif     float32 foreground probability
@@ -26,14 +26,20 @@ without nuclei gets one empty row) and summary.json (files processed, files skip
 Writers: nucjax.outputs (atomic: a crash never leaves a half-written output).
 
 A file that cannot be used (not an image, a hyperstack of more than one stack axis, several
-channels and no `channel`, smaller than MIN_SIDE pixels, NaN values, a stem already taken) is
-skipped and listed in the summary; the others are still written. No input images at all, or
-a checkpoint of another model, is an error.
+channels and no `channel`, smaller than MIN_SIDE pixels, NaN values, a stem already taken; in
+an input folder also a broken symbolic link or a subfolder, which are not searched) is
+skipped with a warning and listed in the summary (skipped_files); the others are still
+written. An image whose outputs cannot be written (OSError: disk full, permission denied) is
+reported with a warning, its partly written files are removed, and it is listed under
+failed_files and left out of submission.csv; the others are still written, and
+`python -m nucjax.main` exits with WRITE_FAILED_EXIT_CODE (4). No input images at all, or a
+checkpoint of another model, is an error.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -52,6 +58,13 @@ from nucjax.models.spec import Instances
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MIN_SIDE = 8  # pixels; smaller images hold no nucleus worth finding
+# Pillow's own limit (it refuses images over twice Image.MAX_IMAGE_PIXELS, ~179 million pixels,
+# about 13000 x 13000), applied to TIFFs too: a damaged header can declare gigabytes that
+# tifffile would allocate and fill before finding the data missing. Larger images: tile first.
+MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
+# Exit code of `nucjax.main --mode=predict` when the outputs of some images could not be
+# written: the rest are complete, but the job did not do all it was asked (0 done, 1 error).
+WRITE_FAILED_EXIT_CODE = 4
 
 
 class UnsupportedImageError(ValueError):
@@ -62,22 +75,39 @@ class UnsupportedImageError(ValueError):
 # Inputs
 
 
-def gather_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Files and folders -> (image files in order, files in those folders that were ignored).
+def _unusable_entry(full: str) -> str | None:
+    """Why an entry of an input folder cannot be an input (None: it can)."""
+    if os.path.islink(full) and not os.path.exists(full):
+        return f"a broken symbolic link (to {os.readlink(full)}, which does not exist)"
+    if os.path.isdir(full):
+        return "a folder: folders are not searched recursively; pass it as an input of its own"
+    if not os.path.isfile(full):
+        return "not a regular file"
+    return None
+
+
+def gather_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str], list[dict]]:
+    """Files and folders -> (image files in order, files in those folders that were ignored,
+    folder entries that could not be inputs as {file, reason}).
 
     Folders contribute their files with an image suffix (not recursive), sorted; files given
-    by name are always tried. Raises FileNotFoundError for a missing path, no inputs, or a
-    folder holding no images.
+    by name are always tried. Hidden entries are passed over; broken symbolic links and
+    subfolders are returned with the reason, to be reported (they may be images the user
+    meant). Raises FileNotFoundError for a missing path, no inputs, or a folder holding no
+    images.
     """
     if not inputs:
         raise FileNotFoundError("no inputs given: pass image files or folders")
-    files, ignored = [], []
+    files, ignored, unusable = [], [], []
     for path in inputs:
         if os.path.isdir(path):
             found = []
             for name in sorted(os.listdir(path)):
                 full = os.path.join(path, name)
-                if not os.path.isfile(full) or name.startswith("."):
+                if name.startswith("."):  # hidden, or the temporary file of a write
+                    continue
+                if (reason := _unusable_entry(full)) is not None:
+                    unusable.append({"file": full, "reason": f"{name}: {reason}"})
                     continue
                 wanted = name.lower().endswith(IMAGE_SUFFIXES)
                 ours = name.endswith(outputs.OUTPUT_SUFFIXES)
@@ -89,9 +119,13 @@ def gather_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
             files += found
         elif os.path.isfile(path):
             files.append(path)
+        elif os.path.islink(path):
+            raise FileNotFoundError(
+                f"input {path} is a broken symbolic link (to {os.readlink(path)})"
+            )
         else:
             raise FileNotFoundError(f"input {path} does not exist")
-    return files, ignored
+    return files, ignored, unusable
 
 
 class Planes(NamedTuple):
@@ -120,9 +154,15 @@ def _pil_array(path: str) -> np.ndarray:
 
 def _tiff_array(path: str) -> tuple[np.ndarray, str]:
     """(array, axes) of the file's first series, tifffile's axis letters (Y, X; S samples of a
-    colour pixel; C channels; Z, T, I pages, Q unknown, ...), axes of length 1 dropped."""
+    colour pixel; C channels; Z, T, I pages, Q unknown, ...), axes of length 1 dropped.
+    Refused before reading when its header declares over 4 * MAX_PIXELS values."""
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
+        if math.prod(series.shape) > 4 * MAX_PIXELS:
+            raise UnsupportedImageError(
+                f"{os.path.basename(path)}: declares {series.shape} values, over the "
+                f"{MAX_PIXELS} pixels (of up to 4 channels) predict reads; crop or tile it first"
+            )
         array, axes = series.asarray(), series.axes
     keep = [i for i, n in enumerate(array.shape) if n > 1 or axes[i] in "YX"]
     return array.reshape([array.shape[i] for i in keep]), "".join(axes[i] for i in keep)
@@ -165,7 +205,8 @@ def read_planes(path: str, channel: int | None = None) -> Planes:
     image (the nuclear stain; a grey image is read as it is); a TIFF with several channels
     (axis C) needs one. Raises
     UnsupportedImageError naming the file for anything that is not images of at least
-    MIN_SIDE x MIN_SIDE finite pixels.
+    MIN_SIDE x MIN_SIDE finite pixels, or is larger than MAX_PIXELS pixels (Pillow) or
+    4 * MAX_PIXELS values (TIFF, from its header).
     """
     name = os.path.basename(path)
     try:
@@ -174,6 +215,8 @@ def read_planes(path: str, channel: int | None = None) -> Planes:
         else:
             array = _pil_array(path)
             axes = "YXS"[: array.ndim]
+    except UnsupportedImageError:
+        raise
     except Exception as e:  # every decoder's own error type: all mean "not readable"
         raise UnsupportedImageError(f"{name}: not a readable image ({e})") from e
     if "Y" not in axes or "X" not in axes or array.ndim != len(axes):
@@ -185,8 +228,10 @@ def read_planes(path: str, channel: int | None = None) -> Planes:
 def _check_pixels(pixels: np.ndarray, name: str) -> np.ndarray:
     """(N, H, W) or (N, H, W, C) planes -> themselves, or UnsupportedImageError naming `name`
     unless C is 1..4 and the pixels are numbers, finite, at least MIN_SIDE x MIN_SIDE."""
-    if pixels.ndim == 4 and pixels.shape[-1] > 4:
-        raise UnsupportedImageError(f"{name}: {pixels.shape[-1]} colour samples; at most 4 (RGBA)")
+    if pixels.ndim == 4 and not 1 <= pixels.shape[-1] <= 4:
+        raise UnsupportedImageError(
+            f"{name}: {pixels.shape[-1]} colour samples; 1 to 4 (grey to RGBA)"
+        )
     if pixels.dtype.kind not in "biuf":
         raise UnsupportedImageError(f"{name}: pixels of type {pixels.dtype} are not supported")
     h, w = pixels.shape[1:3]
@@ -279,7 +324,8 @@ def _submission_rows(stem: str, axis: str, labels: Sequence[np.ndarray]) -> list
 
 def _segment_one(model, output_dir, stem, source, planes, wanted, image_outputs, rois) -> dict:
     """Segment one image or stack and write its files; returns its summary row (with its
-    submission rows)."""
+    submission rows). Raises OSError when a file cannot be written, after removing those of
+    its files that were."""
     predictions = _segment_planes(model, planes.pixels)
     first = predictions[0]
     if planes.axis:
@@ -288,16 +334,22 @@ def _segment_one(model, output_dir, stem, source, planes, wanted, image_outputs,
     else:
         instances, foreground, raw = first.instances, first.foreground, planes.pixels[0]
     files = {}
-    if image_outputs:
-        files = outputs.write_image_outputs(output_dir, stem, raw, instances, foreground, rois=rois)
-    if {stem, os.path.basename(source)} & wanted:  # a stack's first plane
-        files["figure"] = figures.save_confidence_figure(
-            os.path.join(output_dir, f"{stem}_figure.png"),
-            outputs.display_rgb(planes.pixels[0]),
-            first.foreground,
-            first.instances,
-            title=f"{stem}: foreground probability, per-nucleus confidence",
-        )
+    try:
+        if image_outputs:
+            files = outputs.write_image_outputs(
+                output_dir, stem, raw, instances, foreground, rois=rois
+            )
+        if {stem, os.path.basename(source)} & wanted:  # a stack's first plane
+            files["figure"] = figures.save_confidence_figure(
+                os.path.join(output_dir, f"{stem}_figure.png"),
+                outputs.display_rgb(planes.pixels[0]),
+                first.foreground,
+                first.instances,
+                title=f"{stem}: foreground probability, per-nucleus confidence",
+            )
+    except OSError:
+        outputs.remove_image_outputs(output_dir, stem)
+        raise
     return {
         "file": source,
         "image_id": stem,
@@ -324,13 +376,20 @@ def _run(
     image_outputs=True,
     rois=False,
     extra=None,
+    skipped=(),
 ) -> dict:
-    """Predict every (stem, source, load) of `items`; load() -> Planes or raises."""
+    """Predict every (stem, source, load) of `items`; load() -> Planes or raises.
+
+    skipped: {file, reason} of inputs already found unusable, reported with the others.
+    """
     output_dir = os.path.abspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     wanted = {str(n) for n in figure_images}
     primary = jax.process_index() == 0
-    images, skipped, taken = [], [], {}
+    images, failed, taken = [], [], {}
+    skipped = list(skipped)
+    for item in skipped:
+        logging.warning("skipped %s: %s", item["file"], item["reason"])
     bar = reporting.progress(total, "predict", "img")
     t0 = time.perf_counter()
     for stem, source, load in items:
@@ -343,7 +402,12 @@ def _run(
             continue
         taken[stem] = source
         write = image_outputs and primary
-        row = _segment_one(model, output_dir, stem, source, planes, wanted, write, rois)
+        try:
+            row = _segment_one(model, output_dir, stem, source, planes, wanted, write, rois)
+        except OSError as e:  # disk full, permission denied: the other images may still fit
+            logging.warning("could not write the outputs of %s: %s", source, e)
+            failed.append({"file": source, "image_id": stem, "reason": str(e)})
+            continue
         images.append(row)
     bar.close()
     found = {n for row in images for n in (row["image_id"], os.path.basename(row["file"]))}
@@ -355,6 +419,8 @@ def _run(
         "processed": len(images),
         "skipped": len(skipped),
         "skipped_files": skipped,
+        "failed": len(failed),
+        "failed_files": failed,  # segmented, but its outputs could not be written
         "figures_not_found": sorted(wanted - found),
         "seconds": time.perf_counter() - t0,
         "images": images,
@@ -384,7 +450,7 @@ def predict_folder(
     images; rois: also write Fiji ROI zips. Returns the summary also written to
     output_dir/summary.json.
     """
-    files, ignored = gather_inputs(inputs)
+    files, ignored, unusable = gather_inputs(inputs)
     items = (
         (os.path.splitext(os.path.basename(f))[0], f, lambda f=f: read_planes(f, channel))
         for f in files
@@ -398,6 +464,7 @@ def predict_folder(
         figure_images=figure_images,
         rois=rois,
         extra=extra,
+        skipped=unusable,
     )
 
 
@@ -436,6 +503,7 @@ def predict_split(
 
 __all__ = [
     "Planes",
+    "WRITE_FAILED_EXIT_CODE",
     "UnsupportedImageError",
     "check_image",
     "gather_inputs",

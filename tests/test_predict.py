@@ -1,8 +1,10 @@
 """predict: image files of every kind -> label TIFFs, probabilities, overlays, tables, CSV."""
 
 import csv
+import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,7 +15,7 @@ import tifffile
 from PIL import Image
 
 from configs import unet
-from nucjax import predict, whole_image, workdir
+from nucjax import outputs, predict, whole_image, workdir
 from nucjax.data import rle, synthetic
 from nucjax.data.images import network_input, to_rgb
 from tests.conftest import REPO
@@ -159,6 +161,92 @@ def test_duplicate_stems_are_skipped(tmp_path, run):
     tifffile.imwrite(tmp_path / "a.tif", image)
     summary = predict.predict_folder(model, [str(tmp_path)], str(tmp_path / "o"))
     assert summary["processed"] == 1 and "would overwrite" in summary["skipped_files"][0]["reason"]
+
+
+def test_unwritable_image_is_reported_skipped_and_cleaned_up(tmp_path, run, monkeypatch, caplog):
+    """A disk that fills up at grey's overlay: its label and probability TIFFs (already
+    written) are removed, the other images and summary.json / submission.csv still written."""
+    model, root, _, _ = run
+    monkeypatch.setattr(outputs, "write_png", _failing(outputs.write_png, "grey_overlay.png"))
+    inputs = [str(root / "in" / n) for n in ("grey.png", "colour.jpg", "deep.tif")]
+    out = tmp_path / "o"
+    with caplog.at_level("WARNING"):
+        summary = predict.predict_folder(model, inputs, str(out))
+    assert (summary["processed"], summary["failed"], summary["skipped"]) == (2, 1, 0)
+    (failed,) = summary["failed_files"]
+    assert failed["file"] == inputs[0] and failed["image_id"] == "grey"
+    assert "No space left on device" in failed["reason"]
+    warnings = [r.getMessage() for r in caplog.records if "grey.png" in r.getMessage()]
+    assert len(warnings) == 1 and "No space left on device" in warnings[0]
+    assert sorted(os.listdir(out)) == sorted(
+        [f"{s}{suffix}" for s in ("colour", "deep") for suffix in outputs.IMAGE_OUTPUT_SUFFIXES[:3]]
+        + [f"{s}_nuclei.csv" for s in ("colour", "deep")]
+        + ["submission.csv", "summary.json"]
+    )  # nothing of grey, no temporary file
+    with open(out / "submission.csv") as f:
+        assert {r["ImageId"] for r in csv.DictReader(f)} == {"colour", "deep"}
+    saved = json.load(open(out / "summary.json"))
+    assert saved["failed_files"] == summary["failed_files"]
+
+
+def test_command_line_exit_code_when_some_outputs_failed(tmp_path, run, monkeypatch, capsys):
+    """nucjax.main in this process (the failing writer can only be patched here): the images
+    that were written are reported, the failed one by name, and the exit code is 4."""
+    from absl import flags
+
+    from nucjax import main as cli
+
+    _, root, _, _ = run
+    monkeypatch.setattr(outputs, "write_csv", _failing(outputs.write_csv, "grey_nuclei.csv"))
+    inputs = f"{root / 'in' / 'grey.png'},{root / 'in' / 'flat.png'}"
+    flags.FLAGS(["nucjax", "--mode=predict", f"--workdir={root / 'workdir'}",
+                 f"--input={inputs}", f"--output={tmp_path}"])  # fmt: skip
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["nucjax"])
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert exit_.value.code == predict.WRITE_FAILED_EXIT_CODE == 4
+    printed = capsys.readouterr().out
+    assert "1 images segmented, 0 skipped, 1 FAILED to write (checkpoint step 7)" in printed
+    assert f"  FAILED  {root / 'in' / 'grey.png'}: outputs not written: " in printed
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("grey")]
+
+
+def _failing(write, name: str):
+    """`write`, except that writing a file called `name` fails as a full disk does."""
+
+    def failing(path, *args):
+        if os.path.basename(path) == name:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return write(path, *args)
+
+    return failing
+
+
+def test_broken_links_and_subfolders_are_reported(tmp_path, run, caplog):
+    model, root, _, _ = run
+    folder = tmp_path / "in"
+    (folder / "more").mkdir(parents=True)
+    shutil.copy(root / "in" / "grey.png", folder / "grey.png")
+    shutil.copy(root / "in" / "grey.png", folder / "more" / "deeper.png")
+    os.symlink(tmp_path / "gone.png", folder / "link.png")
+    (folder / ".hidden.png").write_bytes(b"")
+    files, ignored, unusable = predict.gather_inputs([str(folder)])
+    assert (files, ignored) == ([str(folder / "grey.png")], [])
+    assert [(os.path.basename(u["file"]), u["reason"].split(":")[0]) for u in unusable] == [
+        ("link.png", "link.png"),
+        ("more", "more"),
+    ]
+    assert "broken symbolic link" in unusable[0]["reason"] and "gone.png" in unusable[0]["reason"]
+    assert "not searched recursively" in unusable[1]["reason"]
+    with caplog.at_level("WARNING"):
+        summary = predict.predict_folder(model, [str(folder)], str(tmp_path / "o"))
+    assert summary["processed"] == 1 and summary["skipped_files"] == unusable
+    assert sum("link.png" in r.getMessage() for r in caplog.records) == 1
+    assert sum("more: a folder" in r.getMessage() for r in caplog.records) == 1
+    with pytest.raises(FileNotFoundError, match="link.png is a broken symbolic link"):
+        predict.gather_inputs([str(folder / "link.png")])
 
 
 def test_predict_split_writes_a_submission(tmp_path, run):

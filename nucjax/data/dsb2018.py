@@ -15,6 +15,12 @@ images, labelled from stage1_solution.csv when present, else label -1 ("not labe
 example's `modality` is images.modality_of(image), an index into images.MODALITIES.
 TFDS builds into an `incomplete.*` folder and renames it when done, so an interrupted build
 never looks complete.
+
+A built dataset damaged later (a flipped byte, a truncated or missing record file) is found
+by prepare() before anything reads it: check_build reads every record file once per process
+(TFRecord CRCs and record counts; under a second for the real set) and raises
+DamagedBuildError naming the file and the command that removes the build, after which the same
+call rebuilds it from the fetched files.
 """
 
 from __future__ import annotations
@@ -47,6 +53,14 @@ tf = import_tensorflow()
 
 SPLITS = ("train", "validation", "test")
 LOG_EVERY = 100
+
+
+class DamagedBuildError(Dsb2018Error):
+    """A record file of a built dataset is damaged or missing; the message says how to rebuild."""
+
+
+# (path, size, mtime) of record files already read whole by check_build in this process.
+_CHECKED: set[tuple[str, int, int]] = set()
 
 
 # --------------------------------------------------------------------------------- splitting
@@ -217,6 +231,48 @@ class Dsb2018(tfds.core.GeneratorBasedBuilder):
         )
 
 
+# ---------------------------------------------------------------------------- build check
+
+
+def _one_line(error: Exception) -> str:
+    """A TensorFlow error's message without its op names: 'corrupted record at 4733620'."""
+    text = getattr(error, "message", str(error))
+    text = text.split("}}")[-1].split(" [Op:")[0]
+    return " ".join(text.split())
+
+
+def check_build(builder: Dsb2018) -> None:
+    """Reads every record file of a prepared builder, checking each record's CRC and each
+    file's record count against dataset_info.json; DamagedBuildError naming the first bad
+    file and the `rm -r` that lets prepare() rebuild it. A file is read once per process
+    (again only if its size or modification time change)."""
+    data_dir = builder.data_dir
+    for split in builder.info.splits.values():
+        for name, expected in zip(split.filenames, split.shard_lengths, strict=True):
+            path = os.path.join(data_dir, name)
+
+            def damaged(what: str, path=path):
+                return DamagedBuildError(
+                    f"{path}: damaged dsb2018 build ({what}); rebuild it: `rm -r {data_dir}`, "
+                    "then run again (the build is redone from the fetched files)"
+                )
+
+            if not tf.io.gfile.exists(path):
+                raise damaged("file missing")
+            stat = tf.io.gfile.stat(path)
+            key = (path, stat.length, stat.mtime_nsec)
+            if key in _CHECKED:
+                continue
+            records = tf.data.TFRecordDataset(path, buffer_size=1 << 22)
+            try:
+                count = int(records.reduce(np.int64(0), lambda n, _: n + 1))
+            except tf.errors.OpError as err:  # DataLossError: a bad CRC or a truncated record
+                raise damaged(_one_line(err)) from None
+            if count != expected:
+                raise damaged(f"{count} records, dataset_info.json says {expected}")
+            _CHECKED.add(key)
+
+
 # -------------------------------------------------------------------------------- public API
 
 
@@ -230,13 +286,15 @@ def prepare(
 ) -> Dsb2018:
     """Fetches the files if needed and builds the dataset if not built; returns the builder.
 
-    Idempotent: a built dataset is reused without touching the source.
+    Idempotent: a built dataset is reused without touching the source, after check_build
+    (DamagedBuildError when one of its files is damaged).
     """
     root = resolve_data_dir(data_dir)
     builder = Dsb2018(
         config=builder_config(validation_fraction, split_seed), data_dir=os.fspath(root)
     )
     if builder.is_prepared():
+        check_build(builder)
         return builder
     folder = fetch(data_dir=root, source=source, checksums=checksums)
     builder.download_and_prepare(

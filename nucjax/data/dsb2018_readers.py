@@ -34,20 +34,27 @@ class Dsb2018Error(ValueError):
 # -------------------------------------------------------------------------------- zip files
 
 
+# What zipfile raises for damaged archives besides BadZipFile: a bad deflate stream (zlib),
+# a short member (EOFError), flag bits it cannot handle (NotImplementedError), a member marked
+# encrypted (RuntimeError), impossible offsets (ValueError, OSError).
+_DAMAGED_ZIP = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)
+_DAMAGED_ZIP += (ValueError, OSError)
+
+
 def open_zip(path: str | os.PathLike) -> zipfile.ZipFile:
     """The zip at `path`, open for reading; Dsb2018Error if it is missing or not a zip."""
     try:
         return zipfile.ZipFile(path)
-    except zipfile.BadZipFile as err:
-        raise Dsb2018Error(f"{path}: not a readable zip (truncated or corrupt?): {err}") from None
     except FileNotFoundError:
         raise Dsb2018Error(f"{path}: file not found") from None
+    except _DAMAGED_ZIP as err:
+        raise Dsb2018Error(f"{path}: not a readable zip (truncated or corrupt?): {err}") from None
 
 
 def _read_member(zf: zipfile.ZipFile, member: str) -> bytes:
     try:
         return zf.read(member)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+    except _DAMAGED_ZIP as err:
         raise Dsb2018Error(f"{zf.filename}: member {member} is corrupt: {err}") from None
 
 
@@ -159,7 +166,7 @@ def label_from_csv_rows(rows: list[str], shape, *, image_id: str, csv_path) -> n
     pixels) are skipped. Errors name the CSV file and the image."""
     try:
         return rle.labels_from_rle([r for r in rows if r.strip()], shape)
-    except ValueError as err:
+    except rle.RleError as err:
         raise Dsb2018Error(f"{csv_path}: image {image_id}: {err}") from None
 
 

@@ -14,6 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 
 
+class RleError(ValueError):
+    """A malformed or inconsistent RLE string; the message names the row and the run."""
+
+
 def _shown(token: str) -> str:
     return token if len(token) <= 24 else token[:20] + "..."
 
@@ -29,7 +33,7 @@ def _row_numbers(tokens: list[str], i: int, size: int) -> list[int]:
     text = "".join(tokens)
     if not (text.isascii() and text.isdigit()):
         bad = next(t for t in tokens if not (t.isascii() and t.isdigit()))
-        raise ValueError(f"RLE row {i}: {_shown(bad)!r} is not a decimal integer (digits 0-9 only)")
+        raise RleError(f"RLE row {i}: {_shown(bad)!r} is not a decimal integer (digits 0-9 only)")
     longest = len(str(size))
     if all(len(t) <= longest for t in tokens):  # the common case: no int() of a huge string
         numbers = list(map(int, tokens))
@@ -41,7 +45,7 @@ def _row_numbers(tokens: list[str], i: int, size: int) -> list[int]:
         return list(map(int, digits))
     k = too_big[0]
     what = "start" if k % 2 == 0 else "length"
-    raise ValueError(f"RLE row {i}: {what} {_shown(tokens[k])} exceeds the image's {size} pixels")
+    raise RleError(f"RLE row {i}: {what} {_shown(tokens[k])} exceeds the image's {size} pixels")
 
 
 def _runs(rows: Sequence[str], size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -50,7 +54,7 @@ def _runs(rows: Sequence[str], size: int) -> tuple[np.ndarray, np.ndarray, np.nd
     for i, rle in enumerate(rows):
         tokens = rle.split()
         if len(tokens) % 2:
-            raise ValueError(f"RLE row {i} has an odd number of values ({len(tokens)})")
+            raise RleError(f"RLE row {i} has an odd number of values ({len(tokens)})")
         numbers.extend(_row_numbers(tokens, i, size))
         pairs_per_row.append(len(tokens) // 2)
     numbers = np.array(numbers, dtype=np.int64).reshape(-1, 2)
@@ -60,7 +64,7 @@ def _runs(rows: Sequence[str], size: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
     def fail(bad: np.ndarray, what: str):
         k = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"RLE row {row[k]}: run '{starts[k] + 1} {lengths[k]}' {what}")
+        raise RleError(f"RLE row {row[k]}: run '{starts[k] + 1} {lengths[k]}' {what}")
 
     if (starts < 0).any():
         fail(starts < 0, "starts below 1 (starts are 1-indexed)")
@@ -99,7 +103,7 @@ def rle_encode(mask: np.ndarray) -> str:
 def labels_from_rle(rows: Sequence[str], shape: Sequence[int]) -> np.ndarray:
     """RLE strings, one per nucleus -> label (H, W) int32; row i paints instance i + 1.
 
-    An empty row paints nothing (its id is then absent). Raises ValueError if a row is
+    An empty row paints nothing (its id is then absent). Raises RleError if a row is
     malformed (the message names the row) or if two rows claim the same pixel.
     """
     height, width = (int(n) for n in shape)
@@ -112,7 +116,7 @@ def labels_from_rle(rows: Sequence[str], shape: Sequence[int]) -> np.ndarray:
     if clash.size:
         k = int(clash[0])
         rows_there = sorted({int(ids[k]) - 1, int(ids[k + 1]) - 1})
-        raise ValueError(f"RLE rows {rows_there} overlap at pixel {starts[k + 1] + 1}")
+        raise RleError(f"RLE rows {rows_there} overlap at pixel {starts[k + 1] + 1}")
     # Paint only foreground pixels: run r covers starts[r] + 0 .. lengths[r] - 1.
     lengths = ends - starts
     offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)

@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from nucjax.data import dsb2018, dsb2018_fetch, dsb2018_readers, images, rle
+from nucjax.data.dsb2018 import DamagedBuildError
 from nucjax.data.dsb2018_readers import Dsb2018Error
 
 # ------------------------------------------------------------------------ fake source helpers
@@ -453,6 +454,45 @@ def test_builder_rejects_csv_id_missing_from_zip(fake, tmp_path):
     sums = dict(expected["checksums"], **{"stage1_train_labels.csv": None})
     with pytest.raises(Dsb2018Error, match="ghost0123"):
         dsb2018.prepare(data_dir=tmp_path, source=str(source), checksums=sums)
+
+
+def _damage(path: pathlib.Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "flip":
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(data)
+    elif how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.unlink()
+
+
+@pytest.mark.parametrize(
+    "how, what",
+    [("flip", "corrupted record at"), ("truncate", "truncated record"), ("delete", "missing")],
+)
+def test_damaged_build_names_the_file_and_the_rebuild(fake, tmp_path, how, what):
+    """A damaged record file of a built set (here in the test's own data_dir): one line naming
+    it and the command that clears the build; doing what it says rebuilds the same examples."""
+    source, expected = fake
+    kwargs = dict(source=str(source), checksums=expected["checksums"], validation_fraction=0.3)
+    builder = dsb2018.prepare(data_dir=tmp_path, **kwargs)
+    before = load_split(tmp_path, "train", **kwargs)
+    (record,) = pathlib.Path(builder.data_dir).glob("dsb2018-train.tfrecord*")
+    _damage(record, how)
+    with pytest.raises(DamagedBuildError) as err:
+        dsb2018.as_dataset("train", data_dir=tmp_path, **kwargs)
+    message = str(err.value)
+    assert message.startswith(f"{record}: damaged dsb2018 build (") and "\n" not in message
+    assert what in message and f"`rm -r {builder.data_dir}`" in message
+    with pytest.raises(DamagedBuildError):  # still damaged: found again, not cached as good
+        dsb2018.num_examples("train", data_dir=tmp_path, **kwargs)
+    shutil.rmtree(builder.data_dir)  # what the message says
+    after = load_split(tmp_path, "train", **kwargs)
+    assert list(after) == list(before)
+    for image_id, example in after.items():
+        np.testing.assert_array_equal(example["label"], before[image_id]["label"])
+        np.testing.assert_array_equal(example["image"], before[image_id]["image"])
 
 
 # -------------------------------------------------------------------------------- real data
