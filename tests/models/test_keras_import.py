@@ -11,7 +11,6 @@ import ml_collections
 import numpy as np
 import pytest
 
-from nucjax import checkpoint
 from nucjax.models import keras_import, layers, pretrained, resnet
 
 keras = pytest.importorskip("keras")
@@ -194,7 +193,7 @@ def test_a_damaged_checkpoint_fails_clearly(resnet50, tmp_path, how, match):
 def test_a_wrong_checksum_is_named(resnet50, tmp_path, monkeypatch):
     """An array that reads back but differs from what was written (silent corruption)."""
     state, _ = pretrained.read_backbone(resnet50[2])
-    real = checkpoint.array_checksums
+    real = keras_import.array_checksums
 
     def off_by_one(tree):
         sums = real(tree)
