@@ -192,6 +192,7 @@ def main(argv):
         bundle.BundleError,
         FloatingPointError,  # a diverged training: the message names the last good checkpoint
         checkpoint.IncompatibleCheckpointError,
+        checkpoint.DamagedCheckpointError,  # names the step folder; an older one may be intact
         config_checks.ConfigError,
         data.UnknownSplitError,
         Dsb2018Error,  # a bad source file or a damaged build, named with what to do

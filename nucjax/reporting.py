@@ -9,21 +9,48 @@ import sys
 import tqdm
 from absl import logging
 
+from nucjax import outputs
+
+
+def drop_rows_after(path: str, step: int) -> int:
+    """Rewrite the JSON-lines file `path` (atomically) without its rows of steps past `step`,
+    and without a last line a kill cut short. Returns how many rows went; 0 if no file."""
+    if not os.path.isfile(path):
+        return 0
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a row half-written when the process was killed
+        if row.get("step", 0) <= step:
+            kept.append(line)
+    if len(kept) < len(lines):
+        outputs.write_text(path, "".join(f"{line}\n" for line in kept))
+    return len(lines) - len(kept)
+
 
 class MetricWriter:
     """Appends `{"step": s, "split": name, **scalars}` to workdir/metrics.jsonl and writes the
     same scalars as TensorBoard summaries `name/key` under workdir/tensorboard.
 
+    start_step: the step training starts after (the restored checkpoint's, 0 for a fresh
+    run). Rows of later steps, written by a run that stopped after its last checkpoint, are
+    dropped first: those steps are trained again, and each step has one row.
     Only process 0 writes. TensorBoard needs TensorFlow; without it only JSON lines are written.
     """
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0):
         self.enabled = enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
+        if dropped := drop_rows_after(self.path, start_step):
+            logging.info("dropped %d rows past step %d from %s", dropped, start_step, self.path)
         try:
             from nucjax.runtime import import_tensorflow
 

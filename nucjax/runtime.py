@@ -24,6 +24,10 @@ And the console stays quiet unless asked (`configure(verbose=True)`, `--verbose`
 - The shared absl/Python log handler passes INFO lines of nucjax itself, but only warnings
   and errors of other libraries (orbax logs every checkpoint step at INFO, jax the backends
   it could not open).
+
+And one for messages: when orbax fails to read a damaged checkpoint (nucjax then names it in
+one line), tensorstore reads still in flight finish on an event loop already closed, and
+Python prints a "RuntimeError: Event loop is closed" traceback for each; those are dropped.
 """
 
 from __future__ import annotations
@@ -94,10 +98,26 @@ def set_verbose(verbose: bool) -> None:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
+def _drop_closed_event_loop_reports() -> None:
+    """Wrap sys.unraisablehook so that it ignores RuntimeError("Event loop is closed")."""
+    previous = sys.unraisablehook
+    if getattr(previous, "nucjax", False):
+        return
+
+    def hook(unraisable) -> None:
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.nucjax = True
+    sys.unraisablehook = hook
+
+
 def configure(verbose: bool = False) -> None:
     """Apply nucjax's process-wide settings (module docstring). Call before importing jax."""
     set_verbose(verbose)
     _tune_cpu_convolutions()
+    _drop_closed_event_loop_reports()
     import jax
 
     if "JAX_DEFAULT_PRNG_IMPL" not in os.environ:

@@ -243,7 +243,7 @@ class _Run:
             self.train_seconds = float(self.ckpt.saved_meta(restored).get("train_seconds", 0.0))
             logging.info("resuming from step %d of %d", self.start, self.steps)
         self.primary = jax.process_index() == 0
-        self.writer = reporting.MetricWriter(workdir, enabled=self.primary)
+        self.writer = reporting.MetricWriter(workdir, enabled=self.primary, start_step=self.start)
         if self.primary:
             workdirs.save_config(workdir, config)
 

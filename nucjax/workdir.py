@@ -165,8 +165,9 @@ def load(workdir: str, config=None, step: int | None = None) -> TrainedModel:
     """The trained network of `workdir` at checkpoint `step` (default latest), or of the model
     bundle file `workdir` (nucjax.bundle; step: None or the bundle's).
 
-    Raises checkpoint.CheckpointNotFoundError, ConfigMismatchError, bundle.BundleError, or
-    checkpoint.IncompatibleCheckpointError when the checkpoint's parameters do not fit.
+    Raises checkpoint.CheckpointNotFoundError, ConfigMismatchError, bundle.BundleError,
+    checkpoint.IncompatibleCheckpointError when the checkpoint's parameters do not fit, or
+    checkpoint.DamagedCheckpointError naming a step folder that is damaged.
     """
     config = resolve_config(workdir, config)
     spec = models.build(config)
@@ -180,6 +181,10 @@ def load(workdir: str, config=None, step: int | None = None) -> TrainedModel:
         except checkpoint.CheckpointNotFoundError as e:
             raise checkpoint.CheckpointNotFoundError(
                 f"{e}; train first: nucjax train --config=... --workdir={workdir}"
+            ) from None
+        except checkpoint.DamagedCheckpointError as e:
+            raise checkpoint.DamagedCheckpointError(
+                f"{e}; use an intact one with --checkpoint_step=STEP"
             ) from None
         where = f"{directory}/{step}"
     # Traced, never run: the network this config builds, against what the checkpoint holds.

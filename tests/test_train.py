@@ -194,7 +194,8 @@ def _assert_same_state(a, b, exact: bool):
 
 
 def test_resume_equals_straight_through(straight_run, tmp_path):
-    """6 steps straight == 3 steps, a crash at step 5, a re-run of the same command."""
+    """6 steps straight == 3 steps, a crash at step 5, a re-run of the same command; step 4,
+    logged before the crash and trained again, has one row in metrics.jsonl."""
     config, resumed = _resume_config(), str(tmp_path / "resumed")
     batches = pipeline.train_batches(config.data, batch_size=4, seed=config.seed)
     with pytest.raises(Interrupt):
@@ -203,6 +204,8 @@ def test_resume_equals_straight_through(straight_run, tmp_path):
     summary = train.train_and_evaluate(config, resumed)
     assert summary["resumed_from"] == 3
     _assert_same_state(straight_run, _restored_params(resumed, config), exact=False)
+    rows = [json.loads(line) for line in open(os.path.join(resumed, "metrics.jsonl"))]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
 
 
 def _signalling(iterator, at: int, signum: int):

@@ -14,7 +14,7 @@ the first round(670 * validation_fraction) go to validation); `test` holds the 6
 images, labelled from stage1_solution.csv when present, else label -1 ("not labelled"). Each
 example's `modality` is images.modality_of(image), an index into images.MODALITIES.
 TFDS builds into an `incomplete.*` folder and renames it when done, so an interrupted build
-never looks complete.
+never looks complete; prepare() deletes such leftovers before it builds.
 
 A built dataset damaged later (a flipped byte, a truncated or missing record file) is found
 by prepare() before anything reads it: check_build reads every record file once per process
@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import os
 import pathlib
+import shutil
 from collections import Counter
 from collections.abc import Mapping
 
@@ -276,6 +277,17 @@ def check_build(builder: Dsb2018) -> None:
 # -------------------------------------------------------------------------------- public API
 
 
+def remove_incomplete_builds(version_dir: str | os.PathLike) -> list[pathlib.Path]:
+    """Delete the `incomplete.*` folders beside `version_dir` (TFDS builds into one and renames
+    it when done, so these are builds a kill interrupted); log and return them. prepare()
+    calls it only when the dataset is not built yet, just before building it."""
+    stale = sorted(pathlib.Path(version_dir).parent.glob("incomplete.*"))
+    for path in stale:
+        logging.warning("removing %s: the folder of a dataset build that never finished", path)
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
 def prepare(
     *,
     data_dir: str | os.PathLike = "",
@@ -296,6 +308,7 @@ def prepare(
     if builder.is_prepared():
         check_build(builder)
         return builder
+    remove_incomplete_builds(builder.data_dir)
     folder = fetch(data_dir=root, source=source, checksums=checksums)
     builder.download_and_prepare(
         download_dir=os.fspath(root / "downloads"),

@@ -26,12 +26,12 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from nucjax.checkpoint import array_checksums
 from nucjax.models import resnet
 from nucjax.models.pretrained import (
     FORMAT,
     PretrainedMismatch,
     as_dict,
-    checksums,
     flat,
     keras_layer_name,
     num_scalars,
@@ -163,7 +163,7 @@ def save_backbone(path: str, variables: Mapping, *, source: str = "", overwrite=
         depth=infer_depth(keras_layer_name(p[:-1]) for p in params),
         width=int(params[("conv1_conv", "kernel")].shape[-1]),
         source=source,
-        checksums=checksums(state),
+        checksums=array_checksums(state),
     )
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(path, state, force=overwrite, custom_metadata=meta)

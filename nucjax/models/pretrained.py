@@ -5,9 +5,10 @@ prepare_variables) loads `config.model.pretrained` into the `backbone` subtree, 
 `backbone_mask` (the spec's frozen) marks that subtree for config.model.freeze_backbone_steps.
 
 A backbone checkpoint is an orbax checkpoint of {"params", "batch_stats"} of ResNetBackbone
-(nucjax.models.resnet), with metadata {format: FORMAT, depth, width, source, checksums};
-nucjax.models.keras_import writes them from Keras models. Backbone leaves are named after
-Keras layers: the flax path conv4_block7/2_bn is the Keras layer conv4_block7_2_bn.
+(nucjax.models.resnet), with metadata {format: FORMAT, depth, width, source, checksums}
+(checkpoint.array_checksums); nucjax.models.keras_import writes them from Keras models.
+Backbone leaves are named after Keras layers: the flax path conv4_block7/2_bn is the Keras
+layer conv4_block7_2_bn.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import zlib
 from collections.abc import Iterable, Mapping
 
 import jax
 import numpy as np
 from absl import logging
 from flax import traverse_util
+
+from nucjax.checkpoint import checksum_mismatches
 
 BACKBONE = "backbone"  # name of the backbone subtree in every model that has one
 FORMAT = "nucjax.resnet_backbone.v1"
@@ -71,17 +73,6 @@ def keras_layer_name(path: Iterable[str]) -> str:
     return "_".join(path)
 
 
-def checksums(state: Mapping) -> dict[str, int]:
-    """{"params/conv1_conv/kernel": crc32 of the array's bytes, ...}.
-
-    orbax stores arrays uncompressed and unchecked: a flipped byte would load silently.
-    """
-    flat_state = traverse_util.flatten_dict(state)
-    return {
-        "/".join(k): zlib.crc32(np.ascontiguousarray(v).tobytes()) for k, v in flat_state.items()
-    }
-
-
 def read_backbone(path: str) -> tuple[dict, dict]:
     """An orbax backbone checkpoint -> ({"params", "batch_stats"} of numpy arrays, metadata).
 
@@ -109,13 +100,12 @@ def read_backbone(path: str) -> tuple[dict, dict]:
             f"{path} is not a nucjax ResNet backbone checkpoint (metadata {meta}); make one "
             "with python -m nucjax.models.keras_import"
         )
-    expected, found = meta.get("checksums", {}), checksums(state)
-    for name in sorted(set(expected) | set(found)):
-        if expected.get(name) != found.get(name):
-            raise PretrainedMismatch(
-                f"checkpoint {path} is damaged: array {name} does not match the checksum "
-                "written with it"
-            )
+    # orbax does not check array bytes stored raw: a flipped byte would load silently.
+    if bad := checksum_mismatches(meta.get("checksums", {}), state):
+        raise PretrainedMismatch(
+            f"checkpoint {path} is damaged: array {bad[0]} does not match the checksum "
+            "written with it"
+        )
     return state, meta
 
 
@@ -216,7 +206,6 @@ __all__ = [
     "PretrainedMismatch",
     "as_dict",
     "backbone_mask",
-    "checksums",
     "flat",
     "keras_layer_name",
     "load_pretrained",

@@ -447,6 +447,21 @@ def test_failed_build_never_looks_complete(fake, tmp_path):
     assert builder.info.splits["test"].num_examples == 3
 
 
+def test_build_removes_what_a_killed_build_left(fake, tmp_path):
+    """A build killed mid-way leaves TFDS's incomplete.* folder; the next build deletes it."""
+    source, expected = fake
+    version_dir = dsb2018.Dsb2018(config=dsb2018.builder_config(), data_dir=str(tmp_path)).data_dir
+    stale = pathlib.Path(version_dir).parent / "incomplete.AB12CD_1.0.0"
+    (stale / "dsb2018-train.tfrecord-00000-of-00001").parent.mkdir(parents=True)
+    (stale / "dsb2018-train.tfrecord-00000-of-00001").write_bytes(b"half a record")
+    builder = dsb2018.prepare(
+        data_dir=tmp_path, source=str(source), checksums=expected["checksums"]
+    )
+    assert not stale.exists()
+    assert sorted(p.name for p in stale.parent.iterdir()) == ["1.0.0"]
+    assert builder.info.splits["train"].num_examples == 9
+
+
 def test_builder_rejects_csv_id_missing_from_zip(fake, tmp_path):
     source, expected = fake
     with open(source / "stage1_train_labels.csv", "a") as csv:

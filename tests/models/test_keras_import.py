@@ -193,14 +193,14 @@ def test_a_damaged_checkpoint_fails_clearly(resnet50, tmp_path, how, match):
 def test_a_wrong_checksum_is_named(resnet50, tmp_path, monkeypatch):
     """An array that reads back but differs from what was written (silent corruption)."""
     state, _ = pretrained.read_backbone(resnet50[2])
-    real = pretrained.checksums
+    real = keras_import.array_checksums
 
     def off_by_one(tree):
         sums = real(tree)
         sums["params/conv1_conv/kernel"] += 1
         return sums
 
-    monkeypatch.setattr(keras_import, "checksums", off_by_one)
+    monkeypatch.setattr(keras_import, "array_checksums", off_by_one)
     path = keras_import.save_backbone(str(tmp_path / "wrong"), state)
     with pytest.raises(pretrained.PretrainedMismatch, match="damaged: array params/conv1_conv/k"):
         pretrained.read_backbone(path)
