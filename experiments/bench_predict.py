@@ -71,7 +71,7 @@ def main(argv):
             times.append((time.perf_counter() - start, p.predict_s, p.postprocess_s))
         first, rest = times[0], times[1:] or times[:1]
         tile_rows, tile_cols, _ = whole_image.tile_grid(
-            size, size, spec.stride, ev.tile_size, ev.tile_overlap
+            size, size, spec.stride, ev.tile_size, ev.tile_overlap, spec.tiling == "detections"
         )
         rows.append(
             {

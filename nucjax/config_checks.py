@@ -71,6 +71,7 @@ RULES = tuple(
         ("model.input_scale", _at_least(1)),
         ("eval.max_images", _at_least(0)),
         ("eval.train_images", _at_least(0)),
+        ("eval.summary_images", _at_least(0)),
         ("eval.tile_size", _at_least(1)),
         ("eval.tile_overlap", _at_least(0)),
         ("eval.nucleus_area", _at_least(0)),

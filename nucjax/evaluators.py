@@ -12,7 +12,9 @@ config.eval.tile_size / tile_overlap) after the one input transform (images.netw
   instance  the above, plus the model's post-processing into nuclei and every instance
             metric (DSB score, AP by threshold, F1/P/R, PQ) and the pixel metrics of the nuclei.
 Each result holds set metrics, the same per modality (fluorescence / brightfield /
-histology, from the data set's `modality` feature) and one row per image.
+histology, from the data set's `modality` feature) and one row per image; on request
+(`run(num_figures=N)`, the trainer's TensorBoard images) the outline figures of its first N
+images, truth beside prediction.
 
 Evaluation is host-driven on one device, identical on every process (each holds the
 replicated parameters); only process 0 writes what it returns.
@@ -27,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from nucjax import data, metrics, reporting, whole_image
+from nucjax import data, figures, metrics, reporting, whole_image
 from nucjax.data.images import MODALITIES, network_input
 from nucjax.models.spec import ModelSpec
 
@@ -87,8 +89,9 @@ class Evaluator:
         total = data.num_examples(data_config, self.split)
         return min(total, self.max_images) if self.max_images > 0 else total
 
-    def _record(self, config, spec: ModelSpec, variables, image, label) -> dict:
-        """One image -> metrics.image_record with timings in its row."""
+    def _record(self, config, spec: ModelSpec, variables, image, label) -> tuple[dict, Any]:
+        """One image -> (metrics.image_record with timings in its row, the predicted label
+        (H, W) int32, or None for pixel evaluators)."""
         x, ev = network_input(image, config.data.input_view), config.eval
         if self.kind == "instance":
             p = whole_image.segment_image(spec, variables, x, ev)
@@ -96,21 +99,38 @@ class Evaluator:
             record["row"].update(
                 predict_s=p.predict_s, postprocess_s=p.postprocess_s, scale=p.scale
             )
-            return record
+            return record, p.instances.label
         t0 = time.perf_counter()
         outputs = whole_image.predict_image(spec, variables, x, ev)
         foreground = whole_image.foreground(spec, outputs, *label.shape)
         record = metrics.image_record(label, None, foreground)
         record["row"]["predict_s"] = time.perf_counter() - t0
-        return record
+        return record, None
 
-    def run(self, config, spec: ModelSpec, variables, *, show_progress: bool = False) -> dict:
-        """Score `variables` ({"params", "batch_stats"} on one device) of `spec` (see score)."""
+    def run(
+        self,
+        config,
+        spec: ModelSpec,
+        variables,
+        *,
+        show_progress: bool = False,
+        num_figures: int = 0,
+    ) -> dict:
+        """Score `variables` ({"params", "batch_stats"} on one device) of `spec` (see score).
+
+        num_figures > 0 (instance evaluators): the result also holds "figures", the
+        figures.outline_comparison of its first num_figures images, (H, 2 W + 4, 3) uint8.
+        """
+        shown: list[np.ndarray] = []
 
         def record(image, label):
-            return self._record(config, spec, variables, image, label)
+            result, predicted = self._record(config, spec, variables, image, label)
+            if predicted is not None and len(shown) < num_figures:
+                shown.append(figures.outline_comparison(image, label, predicted))
+            return result
 
-        return self.score(config.data, record, show_progress=show_progress)
+        result = self.score(config.data, record, show_progress=show_progress)
+        return {**result, "figures": shown} if shown else result
 
     def score(self, data_config, record: Callable, *, show_progress: bool = False) -> dict:
         """Score any segmenter: record(image (H, W, 3) uint8, label) -> metrics.image_record.

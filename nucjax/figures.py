@@ -1,4 +1,5 @@
-"""The paper's Figure 2: a foreground-probability map with each nucleus's confidence on it.
+"""Figures: the paper's Figure 2 (a foreground-probability map with each nucleus's confidence
+on it) and the outline comparison the trainer sends to TensorBoard.
 
 Drawn with matplotlib (its object API and Agg canvas: no pyplot state, no display needed):
 the input image and, beside it, the probability map in viridis with every predicted nucleus
@@ -58,6 +59,18 @@ def place_scores(ax, instances: Instances, renderer) -> list[int]:
         placed.append(box)
         shown.append(int(region.label))
     return shown
+
+
+def outline_comparison(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """The true nuclei outlined on the image (left) beside the predicted ones (right).
+
+    image: (H, W, 3) uint8; truth: (H, W) int, -1 (not labelled) drawn as background;
+    predicted: (H, W) int. Returns (H, 2 W + 4, 3) uint8: outputs.overlay of each, a white
+    4-pixel gap between them.
+    """
+    left = outputs.overlay(image, np.maximum(np.asarray(truth), 0))
+    gap = np.full((left.shape[0], 4, 3), 255, np.uint8)
+    return np.concatenate([left, gap, outputs.overlay(image, predicted)], axis=1)
 
 
 def confidence_figure(

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import tqdm
 from absl import logging
 
@@ -34,7 +35,8 @@ def drop_rows_after(path: str, step: int) -> int:
 
 class MetricWriter:
     """Appends `{"step": s, "split": name, **scalars}` to workdir/metrics.jsonl and writes the
-    same scalars as TensorBoard summaries `name/key` under workdir/tensorboard.
+    same scalars as TensorBoard summaries `name/key` under workdir/tensorboard (and images,
+    write_images).
 
     start_step: the step training starts after (the restored checkpoint's, 0 for a fresh
     run). Rows of later steps, written by a run that stopped after its last checkpoint, are
@@ -70,6 +72,16 @@ class MetricWriter:
                 for k, v in scalars.items():
                     self._tf.summary.scalar(f"{split}/{k}", float(v))
             self._tb.flush()
+
+    def write_images(self, step: int, name: str, images: list[np.ndarray]) -> None:
+        """TensorBoard image summaries `name/0`, `name/1`, ... of (H, W, 3) uint8 images
+        (PNG-encoded, so read back exactly). Not in metrics.jsonl; nothing without TensorBoard."""
+        if self._tb is None or not images:
+            return
+        with self._tb.as_default(step=int(step)):
+            for i, image in enumerate(images):
+                self._tf.summary.image(f"{name}/{i}", np.asarray(image, np.uint8)[None])
+        self._tb.flush()
 
     def close(self) -> None:
         if self._tb is not None:

@@ -197,12 +197,16 @@ def first_device_variables(state: TrainState) -> dict[str, Any]:
 
 
 def run_evaluators(config, spec: ModelSpec, state, step: int, writer) -> dict[str, dict]:
-    """Every evaluator of evaluators.for_training; writes their scalars, returns them."""
+    """Every evaluator of evaluators.for_training; writes their scalars and the figures of
+    their first config.eval.summary_images images (truth beside prediction), returns the
+    scalars."""
     results = {}
     variables = first_device_variables(state)
     for evaluator in evaluators.for_training(config):
-        scalars = evaluators.scalars(evaluator.run(config, spec, variables))
+        result = evaluator.run(config, spec, variables, num_figures=config.eval.summary_images)
+        scalars = evaluators.scalars(result)
         writer.write(step, f"eval_{evaluator.name}", scalars)
+        writer.write_images(step, f"eval_{evaluator.name}/outlines", result.get("figures", []))
         results[evaluator.name] = scalars
     shown = {n: {k: round(v, 4) for k, v in r.items() if "/" not in k} for n, r in results.items()}
     logging.info("step %d evaluation: %s", step, json.dumps(shown))

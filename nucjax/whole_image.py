@@ -12,11 +12,23 @@ centre"): the overlap is split halfway.
 So for a network whose receptive field reaches at most overlap / 2 pixels, tiling reproduces
 the single-pass prediction exactly; for larger fields it removes the seams tile edges cause.
 
-Per-pixel (semantic) models are tileable. A spec with `tileable=False` (a detector such as
-Mask R-CNN, whose outputs are not per-pixel maps) is run once on the whole stride-padded image;
-its foreground map and nuclei are then cropped back to the image.
+How tile outputs are joined depends on the spec's `tiling` (nucjax.models.spec.TILINGS):
+- "pixels" (per-pixel networks): the outputs are maps, stitched pixel by pixel as above.
+- "detections" (a detector such as Mask R-CNN): a detection is kept from the one tile whose
+  owned region holds its box centre (StarDist's "the block responsible for an object" rule,
+  applied to box centres), its box shifted into image pixels; the foreground map is stitched
+  as a per-pixel map. A nucleus at most overlap / 2 pixels across is then seen whole by the
+  tile that keeps it, and the partial detections of the tiles that cut it are all dropped:
+  their box centres lie within overlap / 2 of a tile edge, outside that tile's region.
+  Post-processing then pastes the kept masks into one label image (higher scores first).
+  Detector tiles always have one of a fixed set of shapes, so new image sizes never
+  recompile: an image side up to the tile is zero-padded to the smallest bucket of
+  tile / 4, tile / 2 and tile (rounded up to the stride) that holds it; a longer side is cut
+  into full tiles. Tiles run `batch_size` at a time, or one at a time when an image has fewer:
+  at most 2 x 9 compiled shapes per model.
+Whatever the tiling, every tile's cost and memory is that of one tile, whatever the image size.
 
-Two inference-time options of config.eval, for tileable specs only (others ignore them):
+Two inference-time options of config.eval, for "pixels" tilings only (others ignore them):
 - `flip_tta`: each tile is also predicted flipped left-right, up-down and both; the outputs
   (logits) are flipped back and the four averaged. Flips keep the tile shape, so one
   compilation serves all four, run as one batch. With `transpose_tta` as well, the transposed
@@ -43,7 +55,6 @@ import numpy as np
 import skimage.transform
 
 from nucjax.models.spec import Instances, ModelSpec
-from nucjax.postprocess import relabel_sequential
 
 # A rescale closer to 1 than this is not worth a second pass.
 _SCALE_TOLERANCE = 0.1
@@ -96,84 +107,140 @@ def tile_layout(extent: int, tile: int, overlap: int, stride: int) -> list[tuple
     return [(s, lo, hi) for s, lo, hi in zip(starts, bounds[:-1], bounds[1:], strict=True)]
 
 
-def tile_grid(height: int, width: int, stride: int, tile_size: int, overlap: int):
-    """The tiles of an image: (rows, cols) tile_layouts of its stride-padded extents, and the
-    tile shape (th, tw). tile_size is rounded down to a multiple of the stride."""
+def padded_extent(extent: int, stride: int, tile: int, buckets: bool) -> int:
+    """The length an image side of `extent` pixels is zero-padded to before tiling.
+
+    tile is a multiple of stride. Without buckets: extent rounded up to the stride. With
+    buckets, a side up to the tile is padded to the smallest of tile / 4, tile / 2 and tile
+    (each rounded up to the stride) that holds it, so that few tile shapes ever occur.
+    """
+    padded = round_to_stride(extent, stride)
+    if not buckets or padded > tile:
+        return padded
+    sizes = sorted({round_to_stride(max(1, tile // k), stride) for k in (4, 2, 1)})
+    return next(size for size in sizes if size >= padded)
+
+
+def tile_grid(
+    height: int, width: int, stride: int, tile_size: int, overlap: int, buckets: bool = False
+):
+    """The tiles of an image: (rows, cols) tile_layouts of its padded extents (padded_extent;
+    the padded image is (rows[-1][2], cols[-1][2])), and the tile shape (th, tw). tile_size is
+    rounded down to a multiple of the stride."""
     tile = int(tile_size) // stride * stride
     if tile < stride:
         raise ValueError(f"tile_size={tile_size} is smaller than the model's stride {stride}")
-    hp, wp = round_to_stride(height, stride), round_to_stride(width, stride)
+    hp, wp = (padded_extent(n, stride, tile, buckets) for n in (height, width))
     rows = tile_layout(hp, tile, overlap, stride)
     cols = tile_layout(wp, tile, overlap, stride)
     return rows, cols, (min(tile, hp), min(tile, wp))
 
 
-def _run_tiles(spec: ModelSpec, variables, tiles: np.ndarray, batch_size: int, ev):
-    """tiles (n, h, w, 3) -> outputs (n, h, w, C), in batches of a fixed size (one compile),
-    with the test-time augmentation config.eval `ev` asks for."""
-    batch = max(1, min(batch_size, len(tiles)))
+def _run_tiles(
+    spec: ModelSpec, variables, tiles: np.ndarray, batch_size: int, flip: bool, transpose: bool
+):
+    """tiles (n, h, w, 3) -> outputs (n, ...) as numpy, batch_size tiles at a time (one at a
+    time when n < batch_size), so at most two batch shapes compile per tile shape. flip: each
+    output averaged over the tile's four flips; transpose: and over its transpose's."""
+    batch = batch_size if len(tiles) >= batch_size else 1
     pad = -len(tiles) % batch
     if pad:
         tiles = np.concatenate([tiles, np.zeros((pad, *tiles.shape[1:]), tiles.dtype)])
-    if ev.flip_tta:
-        apply = functools.partial(_apply_tta, transpose=bool(ev.transpose_tta))
-    else:
-        apply = _apply
+    apply = functools.partial(_apply_tta, transpose=transpose) if flip else _apply
     outs = [
-        np.asarray(apply(spec.module, variables, tiles[i : i + batch]))
+        jax.device_get(apply(spec.module, variables, tiles[i : i + batch]))
         for i in range(0, len(tiles), batch)
     ]
-    return np.concatenate(outs)[: len(tiles) - pad]
+    return jax.tree.map(lambda *x: np.concatenate(x)[: len(tiles) - pad], *outs)
+
+
+def _tiles(rows, cols):
+    """((y, y0, y1), (x, x0, x1)) of every tile, row by row: the order tiles are cut in."""
+    return itertools.product(rows, cols)
+
+
+def _stitch(maps: np.ndarray, rows, cols) -> np.ndarray:
+    """maps (n, th, tw, ...) of the tiles -> (H, W, ...) of the padded image, every pixel
+    from the tile that owns it."""
+    result = np.empty((rows[-1][2], cols[-1][2], *maps.shape[3:]), maps.dtype)
+    for k, ((y, y0, y1), (x, x0, x1)) in enumerate(_tiles(rows, cols)):
+        result[y0:y1, x0:x1] = maps[k, y0 - y : y1 - y, x0 - x : x1 - x]
+    return result
+
+
+def merge_detections(outputs: dict, rows, cols, h: int, w: int) -> dict:
+    """Detector outputs of the tiles -> the outputs of one (h, w) image.
+
+    outputs: the tiles' outputs, each (n, ...): boxes (n, D, 4) y0 x0 y1 x1 in tile pixels,
+    valid (n, D) bool, foreground (n, th, tw), and per-detection arrays (n, D, ...) under any
+    other key (scores, masks). Returns boxes (K, 4) in image pixels, valid (K,) all True and
+    the other per-detection arrays (K, ...) of the K detections whose box centre lies in the
+    region their tile owns, in descending score order when there are scores (stable), and
+    foreground (h, w), stitched.
+    """
+    per_detection = [k for k in outputs if k not in ("boxes", "valid", "foreground")]
+    kept: dict[str, list] = {k: [] for k in ("boxes", *per_detection)}
+    for k, ((y, y0, y1), (x, x0, x1)) in enumerate(_tiles(rows, cols)):
+        boxes = outputs["boxes"][k] + np.asarray([y, x, y, x], np.float32)
+        cy, cx = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+        own = outputs["valid"][k] & (y0 <= cy) & (cy < y1) & (x0 <= cx) & (cx < x1)
+        kept["boxes"].append(boxes[own])
+        for key in per_detection:
+            kept[key].append(outputs[key][k][own])
+    merged = {key: np.concatenate(parts) for key, parts in kept.items()}
+    if "scores" in merged:
+        order = np.argsort(-merged["scores"], kind="stable")
+        merged = {key: value[order] for key, value in merged.items()}
+    merged["valid"] = np.ones(len(merged["boxes"]), bool)
+    merged["foreground"] = _stitch(outputs["foreground"], rows, cols)[:h, :w]
+    return merged
 
 
 def predict_image(
     spec: ModelSpec, variables, image: np.ndarray, eval_config, *, batch_size: int = 4
 ) -> Any:
-    """Model outputs of one whole normalised image.
+    """Model outputs of one whole normalised image, from overlapping tiles (module docstring).
 
     image: (H, W, 3) float32 (nucjax.data.images.network_input), any H, W >= 1.
     eval_config: config.eval; reads tile_size, tile_overlap, flip_tta and transpose_tta.
-    Tileable specs: returns (H, W, C) float32 numpy (logits for semantic models), from tiles of
-    at most tile_size (rounded down to the stride) overlapping by tile_overlap pixels, run
-    batch_size at a time (times four flips with flip_tta, eight with transpose_tta too,
-    averaged); the jitted apply compiles once per (batch, tile shape).
-    Other specs: the outputs pytree of the stride-padded image, batch axis removed (flip_tta
-    is ignored: their outputs are no per-pixel maps to flip back).
+    Tiles are at most tile_size (rounded down to the stride) and overlap by tile_overlap
+    pixels; they run batch_size at a time (times four flips with flip_tta, eight with
+    transpose_tta too, averaged).
+    spec.tiling "pixels": returns (H, W, C) float32 numpy (logits for semantic models).
+    "detections": returns merge_detections' dict: the kept detections (K, ...) in image
+    pixels and the (H, W) foreground map (flip_tta is ignored: detections are no per-pixel
+    maps to flip back).
     """
     image = np.asarray(image, np.float32)
     if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 1:
         raise ValueError(f"expected a normalised (H, W, 3) image, got shape {image.shape}")
     h, w = image.shape[:2]
-    stride = spec.stride
-    hp, wp = round_to_stride(h, stride), round_to_stride(w, stride)
-    padded = np.pad(image, ((0, hp - h), (0, wp - w), (0, 0)))
-    if not spec.tileable:
-        outputs = _apply(spec.module, variables, padded[None])
-        return jax.tree.map(lambda x: np.asarray(x[0]), outputs)
-    ev = eval_config
-    rows, cols, (th, tw) = tile_grid(h, w, stride, ev.tile_size, ev.tile_overlap)
-    tiles = np.stack([padded[y : y + th, x : x + tw] for y, _, _ in rows for x, _, _ in cols])
-    outs = _run_tiles(spec, variables, tiles, batch_size, ev)
-    result = np.empty((hp, wp, outs.shape[-1]), np.float32)
-    k = 0
-    for y, y0, y1 in rows:
-        for x, x0, x1 in cols:
-            result[y0:y1, x0:x1] = outs[k, y0 - y : y1 - y, x0 - x : x1 - x]
-            k += 1
-    return result[:h, :w]
+    ev, detections = eval_config, spec.tiling == "detections"
+    rows, cols, (th, tw) = tile_grid(
+        h, w, spec.stride, ev.tile_size, ev.tile_overlap, buckets=detections
+    )
+    padded = np.pad(image, ((0, rows[-1][2] - h), (0, cols[-1][2] - w), (0, 0)))
+    tiles = np.stack(
+        [padded[y : y + th, x : x + tw] for (y, _, _), (x, _, _) in _tiles(rows, cols)]
+    )
+    tta = bool(ev.flip_tta) and not detections
+    outs = _run_tiles(spec, variables, tiles, batch_size, tta, bool(ev.transpose_tta))
+    if detections:
+        return merge_detections(outs, rows, cols, h, w)
+    return _stitch(outs, rows, cols)[:h, :w]
 
 
 def rescale_factor(spec: ModelSpec, label: np.ndarray, eval_config) -> float:
     """The factor to resize an image by so that its nuclei have eval.nucleus_area pixels.
 
     label: (H, W) int, the first pass's nuclei. sqrt(nucleus_area / their median area),
-    clipped to [eval.min_scale, eval.max_scale]; 1.0 when nucleus_area is 0, the spec is not
-    tileable, there are no nuclei, or the factor is within 0.1 of 1.
+    clipped to [eval.min_scale, eval.max_scale]; 1.0 when nucleus_area is 0, the spec's tiling
+    is not "pixels", there are no nuclei, or the factor is within 0.1 of 1.
     """
     target = float(eval_config.nucleus_area)
     areas = np.bincount(np.asarray(label).ravel())[1:]
     areas = areas[areas > 0]
-    if target <= 0 or not spec.tileable or len(areas) == 0:
+    if target <= 0 or spec.tiling != "pixels" or len(areas) == 0:
         return 1.0
     lo, hi = eval_config.min_scale, eval_config.max_scale
     scale = float(np.clip(np.sqrt(target / np.median(areas)), lo, hi))
@@ -185,7 +252,7 @@ def predict_rescaled(
 ) -> np.ndarray:
     """predict_image of `image` (H, W, 3) resized by `scale`, outputs resized back to (H, W, C).
 
-    Bilinear both ways; the image is anti-aliased when shrunk. Tileable specs only.
+    Bilinear both ways; the image is anti-aliased when shrunk. "pixels" tilings only.
     """
     h, w = image.shape[:2]
     size = (max(1, round(h * scale)), max(1, round(w * scale)), image.shape[2])
@@ -202,7 +269,7 @@ def predict_rescaled(
 class ImagePrediction(NamedTuple):
     """Everything predicted for one image.
 
-    outputs: model outputs (H, W, C) for tileable specs, else the padded image's pytree;
+    outputs: predict_image's (a (H, W, C) map, or the detections of a detector);
     foreground: (H, W) float32 probability of nucleus; instances: Instances of (H, W);
     predict_s, postprocess_s: wall-clock seconds of the two stages (both passes);
     scale: the factor the image was resized by for its final prediction (1.0: not resized).
@@ -216,18 +283,9 @@ class ImagePrediction(NamedTuple):
     scale: float = 1.0
 
 
-def _crop_instances(instances: Instances, h: int, w: int) -> Instances:
-    """Instances of a padded image cut back to (h, w); nuclei left with no pixel are dropped."""
-    label = instances.label[:h, :w]
-    kept = np.unique(label[label > 0])
-    return Instances(relabel_sequential(label), np.asarray(instances.scores)[kept - 1])
-
-
 def instances(spec: ModelSpec, outputs, h: int, w: int) -> Instances:
     """spec.postprocess of one image's outputs, as Instances of (h, w) int32 / float32."""
     instances = spec.postprocess(outputs)
-    if not spec.tileable:
-        instances = _crop_instances(instances, h, w)
     label = np.asarray(instances.label, np.int32)
     if label.shape != (h, w):
         raise ValueError(f"post-processing gave a label of shape {label.shape}, not {(h, w)}")
@@ -245,7 +303,7 @@ def segment_image(spec: ModelSpec, variables, image: np.ndarray, eval_config) ->
 
     eval_config: config.eval (tiling, flip_tta, nucleus_area, min_scale, max_scale; the
     post-processing reads the config.eval the spec was built from). With nucleus_area > 0 and
-    a tileable spec, a second pass at rescale_factor runs when the first finds nuclei (see the
+    a "pixels" tiling, a second pass at rescale_factor runs when the first finds nuclei (see the
     module docstring); outputs, foreground and instances are then the second pass's, at (H, W).
     """
     h, w = image.shape[:2]
@@ -271,6 +329,8 @@ __all__ = [
     "ImagePrediction",
     "foreground",
     "instances",
+    "merge_detections",
+    "padded_extent",
     "predict_image",
     "predict_rescaled",
     "rescale_factor",

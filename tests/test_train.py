@@ -13,9 +13,20 @@ import numpy as np
 import pytest
 
 from configs import mask_rcnn, resnet, simple_cnn, unet
-from nucjax import checkpoint, config_checks, models, optim, parallel, train, workdir
+from nucjax import (
+    checkpoint,
+    config_checks,
+    evaluators,
+    models,
+    optim,
+    outputs,
+    parallel,
+    train,
+    workdir,
+)
 from nucjax.data import pipeline
 from tests.conftest import REPO
+from tests.test_reporting import event_images
 
 SEMANTIC = {"simple_cnn": simple_cnn, "unet": unet}
 
@@ -143,6 +154,15 @@ def test_tiny_trains_two_steps_and_writes_reports(name, tmp_path):
     assert final["train"]["num_images"] == 4 and "dsb_score" not in final["train"]  # pixel only
     assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
     assert checkpoint.Checkpointer(summary["checkpoints"], every_steps=1, keep=1).latest_step() == 2
+    # TensorBoard shows the first eval.summary_images validation images, the truth outlined
+    # beside the prediction (64 x 64 synthetic images: 64 x 132 figures).
+    config = SEMANTIC[name].get_config("tiny")
+    images = event_images(str(tmp_path))
+    assert sorted(images) == [f"eval_validation/outlines/{i}" for i in range(3)]
+    first = images["eval_validation/outlines/0"]
+    assert [step for step, _ in first] == [2] and first[0][1].shape == (64, 132, 3)
+    _, image, label, _ = next(evaluators.labelled_images(config.data, "validation"))
+    np.testing.assert_array_equal(first[0][1][:, :64], outputs.overlay(image, label))
 
 
 class Interrupt(Exception):

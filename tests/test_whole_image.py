@@ -1,16 +1,21 @@
-"""Whole images through a model: tiling on the stride grid, stitching, padding, untileable specs,
-flip test-time augmentation and rescaling to a nucleus area."""
+"""Whole images through a model: tiling on the stride grid, stitching, padding, detections
+merged across tiles, flip test-time augmentation and rescaling to a nucleus area."""
 
-import dataclasses
 import functools
+import itertools
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import mask_rcnn as mask_rcnn_config
 from configs import simple_cnn, unet
 from nucjax import whole_image
 from nucjax.data.images import normalize_image
-from nucjax.models.spec import Instances
+from nucjax.models import mask_rcnn
+from nucjax.models.spec import Instances, ModelSpec
 from tests.trained import random_model, synthetic_image, threshold_config, threshold_params
 
 FLIPS = ((), (1,), (0,), (0, 1))  # as is, left-right, up-down, both; axes of (H, W, C)
@@ -77,27 +82,130 @@ def test_unet_whole_image_of_any_size():
     assert prediction.foreground.shape == prediction.instances.label.shape == (150, 97)
 
 
-def test_untileable_spec_runs_whole_padded_image_and_is_cropped_back():
-    spec, variables = threshold_model()
-    # Whole-image inference, as a detector's spec asks for.
-    whole = dataclasses.replace(spec, tileable=False, stride=8)
-    image, _ = synthetic_image((150, 97), seed=2)
-    padded = whole_image.predict_image(whole, variables, image, settings(32, 8))
-    assert padded.shape == (152, 104, 1)  # padded to the stride, never tiled
-    p = whole_image.segment_image(whole, variables, image, settings(32, 8))
-    tiled = whole_image.segment_image(spec, variables, image, settings(32, 8))
-    assert p.foreground.shape == p.instances.label.shape == (150, 97)
-    np.testing.assert_allclose(p.foreground, tiled.foreground, atol=1e-5)
-    n = int(p.instances.label.max())
-    assert n > 0 and p.instances.scores.shape == (n,)
-    assert set(np.unique(p.instances.label)) == set(range(n + 1))
-    # Flips and rescaling are for per-pixel outputs: a detector's spec ignores both.
-    extras = whole_image.segment_image(
-        whole, variables, image, settings(32, 8, flip_tta=True, nucleus_area=1000.0)
+DISC_RADIUS = 5  # the stub detector's nuclei: 11 px across, <= overlap / 2 of its tests
+
+
+class BlobDetector(nn.Module):
+    """A deterministic stand-in for a detector's eval outputs (Mask R-CNN's dict): a detection
+    at every local maximum of the bright pixels blurred (sigma 2), a disc of DISC_RADIUS in a
+    box centred there and clipped to the tile, scored by the blurred value over a whole disc's.
+    A disc cut by the tile edge gives a partial detection (peak moved inwards, box clipped,
+    lower score), as a real detector does."""
+
+    max_detections: int = 16
+
+    @nn.compact
+    def __call__(self, image, label=None, *, train=False):
+        bright = (image[..., 0] > 0).astype(jnp.float32)  # (B, H, W)
+        g = np.exp(-0.5 * (np.arange(-4, 5) / 2.0) ** 2)
+        kernel = np.outer(g, g).astype(np.float32)
+        yy, xx = np.mgrid[-8:9, -8:9]
+        whole = float(((yy**2 + xx**2 <= DISC_RADIUS**2)[4:13, 4:13] * kernel).sum())
+        blurred = jax.vmap(lambda b: jax.scipy.signal.convolve2d(b, kernel, mode="same"))(bright)
+        local_max = jax.lax.reduce_window(
+            blurred, -jnp.inf, jax.lax.max, (1, 3, 3), (1, 1, 1), "SAME"
+        )
+        score = jnp.where(blurred == local_max, blurred / whole, 0.0)
+        b, h, w = score.shape
+        scores, index = jax.lax.top_k(score.reshape(b, -1), self.max_detections)
+        cy, cx, r = index // w + 0.5, index % w + 0.5, DISC_RADIUS + 0.5
+        boxes = jnp.stack([cy - r, cx - r, cy + r, cx + r], -1)
+        boxes = jnp.clip(boxes, 0.0, jnp.asarray([h, w, h, w], jnp.float32))
+        cells = (np.arange(28) + 0.5) / 28 - 0.5
+        disc = (cells[:, None] ** 2 + cells[None] ** 2 <= 0.25).astype(np.float32)
+        masks = jnp.broadcast_to(disc, (b, self.max_detections, 28, 28))
+        valid = scores > 0.5
+        return {
+            "boxes": boxes,
+            "scores": scores,
+            "valid": valid,
+            "masks": masks,
+            "foreground": bright,
+        }
+
+
+def blob_spec(max_detections=16):
+    config = mask_rcnn_config.get_config("tiny")
+    ev = config.eval
+    ev.min_size, ev.fill_holes, ev.mask_threshold = 0, False, 0.5
+    return ModelSpec(
+        module=BlobDetector(max_detections),
+        loss=None,
+        foreground=lambda outputs: outputs["foreground"],
+        postprocess=functools.partial(mask_rcnn.postprocess, eval_config=ev),
+        stride=32,
+        tiling="detections",
     )
-    assert extras.scale == 1.0
-    np.testing.assert_array_equal(extras.outputs, p.outputs)
-    np.testing.assert_array_equal(extras.instances.label, p.instances.label)
+
+
+def disc_image(centres):
+    """(64, 64, 3) image: +1 inside discs of DISC_RADIUS at `centres`, -1 elsewhere."""
+    yy, xx = np.mgrid[:64, :64]
+    inside = np.zeros((64, 64), bool)
+    for cy, cx in centres:
+        inside |= (yy - cy) ** 2 + (xx - cx) ** 2 <= DISC_RADIUS**2
+    return np.repeat(np.where(inside, 1.0, -1.0)[..., None], 3, -1).astype(np.float32)
+
+
+def same_nuclei(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two label images hold the same nuclei (pixel for pixel), whatever their ids."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return len(pairs[0]) == len(np.unique(a)) == len(np.unique(b)) and (pairs[:, 0] == 0).all()
+
+
+@pytest.mark.parametrize(
+    ("extent", "tile", "buckets", "want"),
+    [(40, 64, True, 64), (20, 64, True, 32), (64, 64, True, 64), (65, 64, True, 96),
+     (100, 512, True, 128), (129, 512, True, 256), (300, 512, True, 512),
+     (600, 512, True, 608), (100, 512, False, 128), (5, 64, False, 32)],
+)  # fmt: skip
+def test_padded_extent_pads_small_sides_to_a_few_buckets(extent, tile, buckets, want):
+    assert whole_image.padded_extent(extent, 32, tile, buckets) == want
+
+
+def test_detector_finds_the_same_nuclei_in_every_copy_of_a_mosaic():
+    """8 discs, some by the copy's edges (so on the mosaic's tile seams) and some cut by tile
+    edges: the 2 x 3 mosaic of the image gives the image's nuclei in every copy, exactly, in
+    15 tiles of 64 overlapping by 32 (discs of 11 px <= overlap / 2)."""
+    spec, ev = blob_spec(), settings(64, 32)
+    centres = [(8, 8), (8, 56), (30, 20), (33, 44), (48, 30), (56, 8), (56, 56), (20, 40)]
+    image = disc_image(centres)
+    alone = whole_image.segment_image(spec, {}, image, ev)
+    assert alone.instances.label.max() == len(centres)
+    mosaic = np.tile(image, (2, 3, 1))
+    rows, cols, _ = whole_image.tile_grid(128, 192, 32, 64, 32, buckets=True)
+    assert (len(rows), len(cols)) == (3, 5)
+    found = whole_image.segment_image(spec, {}, mosaic, ev)
+    label = found.instances.label
+    assert label.max() == 6 * len(centres)
+    for i, j in itertools.product(range(2), range(3)):
+        assert same_nuclei(
+            label[64 * i : 64 * (i + 1), 64 * j : 64 * (j + 1)], alone.instances.label
+        )
+    np.testing.assert_array_equal(found.foreground, np.tile(alone.foreground, (2, 3)))
+    np.testing.assert_allclose(
+        np.sort(found.instances.scores), np.repeat(np.sort(alone.instances.scores), 6)
+    )
+    # The 15 tiles detect far more than 48 discs (each seen by up to 4 tiles, partial ones
+    # at tile edges): the ownership rule is what leaves one detection per disc.
+    tiles = [
+        mosaic[y : y + 64, x : x + 64] for (y, _, _), (x, _, _) in itertools.product(rows, cols)
+    ]
+    per_tile = spec.module.apply({}, np.stack(tiles))
+    assert int(per_tile["valid"].sum()) > 2 * 48
+    assert len(whole_image.predict_image(spec, {}, mosaic, ev)["boxes"]) == 48
+
+
+def test_detections_of_a_whole_mosaic_in_one_pass_hit_the_detection_cap():
+    """Why tiles: in one pass the per-image cap (16 here) keeps 16 of the 48 nuclei."""
+    spec = blob_spec()
+    image = disc_image([(8, 8), (8, 56), (30, 20), (33, 44), (48, 30), (56, 8), (56, 56), (20, 40)])
+    mosaic = np.tile(image, (2, 3, 1))
+    ev = settings(256, 0)
+    whole = whole_image.segment_image(spec, {}, mosaic, ev)
+    assert whole.instances.label.max() == 16
+    tiled = whole_image.segment_image(spec, {}, mosaic, settings(64, 32))
+    assert tiled.instances.label.max() == 48
 
 
 def test_flip_tta_of_a_flip_equivariant_network_changes_nothing():

@@ -76,6 +76,9 @@ def get_config() -> ml_collections.ConfigDict:
     ev.split = "validation"
     ev.max_images = 0
     ev.train_images = 16
+    # At each evaluation in training, the first few images of eval.split go to TensorBoard
+    # (image summaries), the true nuclei outlined beside the predicted ones; 0 = none.
+    ev.summary_images = 3
     # Whole-image prediction and instance post-processing (nucjax.whole_image,
     # nucjax.postprocess), shared by evaluation and predict.
     ev.tile_size = 512  # whole images are predicted in overlapping tiles of this size

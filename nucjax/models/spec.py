@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 SumCount = tuple[jax.Array, jax.Array]
+TILINGS = ("pixels", "detections")
 Batch = Mapping[str, jax.Array]
 
 
@@ -61,8 +62,11 @@ class ModelSpec:
         for example a pretrained backbone loaded from disk). Identity by default.
     frozen: params -> pytree of bools, True where a leaf is held fixed for the first
         `config.model.freeze_backbone_steps` steps; None when nothing can be frozen.
-    tileable: whether large images may be predicted in overlapping tiles whose outputs are
-        stitched (per-pixel networks); False runs the whole padded image at once (detectors).
+    tiling: how nucjax.whole_image joins the outputs of overlapping tiles (TILINGS):
+        "pixels": outputs are (B, H, W, C) maps, stitched pixel by pixel (per-pixel networks);
+        "detections": outputs are a dict of boxes (B, D, 4) y0 x0 y1 x1 pixels, valid (B, D),
+        foreground (B, H, W) and per-detection arrays (B, D, ...) under any other key; each
+        detection is kept from the tile that owns its box centre (detectors).
     """
 
     module: nn.Module
@@ -73,7 +77,11 @@ class ModelSpec:
     axis_name: str | None = None
     prepare_variables: Callable[[dict], dict] = dataclasses.field(default=lambda v: v)
     frozen: Callable[[Any], Any] | None = None
-    tileable: bool = True
+    tiling: str = "pixels"
+
+    def __post_init__(self):
+        if self.tiling not in TILINGS:
+            raise ValueError(f"ModelSpec.tiling={self.tiling!r}; choose one of {TILINGS}")
 
     def init_variables(self, key: jax.Array, size: int) -> dict[str, Any]:
         """Fresh variables {"params", "batch_stats"?} from a dummy (1, S, S) image and label,

@@ -7,11 +7,13 @@ import optax
 import pytest
 
 from configs import mask_rcnn as mask_rcnn_config
-from nucjax import evaluate, evaluators, metrics, models, parallel, train
+from nucjax import evaluate, evaluators, metrics, models, parallel, train, whole_image
 from nucjax.data.images import normalize_image
 from nucjax.data.synthetic import synthetic_example
 from nucjax.detection import anchors, decoding
 from nucjax.models import fpn, layers, mask_rcnn, mask_rcnn_heads
+from tests.test_reporting import event_images
+from tests.trained import random_model, synthetic_image
 
 OVERFIT_STEPS = 300
 
@@ -263,6 +265,9 @@ def test_trainer_runs_the_tiny_config_on_four_devices(tmp_path):
     after = evaluators.scalars(report)
     assert final["num_images"] == report["metrics"]["num_images"]
     assert {k: final[k] for k in after} == after
+    images = event_images(str(tmp_path))
+    assert sorted(images) == [f"eval_validation/outlines/{i}" for i in range(3)]
+    assert images["eval_validation/outlines/0"][0][1].shape == (64, 132, 3)
 
 
 def test_input_scale_runs_the_network_on_a_larger_image_and_answers_in_input_pixels():
@@ -289,3 +294,19 @@ def test_input_scale_runs_the_network_on_a_larger_image_and_answers_in_input_pix
         )[0]
     )
     assert shapes["foreground"].shape == (1, 64, 64) and shapes["boxes"].shape[-1] == 4
+
+
+def test_whole_images_of_new_sizes_reuse_the_compiled_tile_shapes():
+    """Tiled whole-image inference: 64 x 64 tiles (the tiny config's tile_size), one at a time
+    for images of one tile and four at a time otherwise, so four image sizes compile twice."""
+    config = tiny_config()
+    spec, variables = random_model(config, seed=3)
+    before = whole_image._apply._cache_size()
+    for (h, w), tiles in (((40, 50), 1), ((64, 33), 1), ((100, 70), 6), ((150, 97), 12)):
+        rows, cols, shape = whole_image.tile_grid(h, w, 32, 64, 16, buckets=True)
+        assert (len(rows) * len(cols), shape) == (tiles, (64, 64))
+        image, _ = synthetic_image((h, w), seed=h)
+        p = whole_image.segment_image(spec, variables, image, config.eval)
+        assert p.instances.label.shape == p.foreground.shape == (h, w)
+        assert len(p.instances.scores) == p.instances.label.max()
+    assert whole_image._apply._cache_size() - before == 2
