@@ -23,6 +23,12 @@ def get_config() -> ml_collections.ConfigDict:
     data.download_source = ""
     data.validation_fraction = 0.1
     data.split_seed = 0
+    # Where DSB images are read from: tfds (TensorFlow), compact (one .npz per split, numpy
+    # only; nucjax.data.dsb2018_compact) or auto (tfds when TensorFlow imports, else compact).
+    data.storage = "auto"
+    # How training batches are made: tfdata (host CPU), device (jitted JAX on the
+    # accelerator, no TensorFlow) or auto (tfdata when TensorFlow imports, else device).
+    data.pipeline = "auto"
     data.crop_size = 256  # training crops (square); small images are padded, label -1
     # Draw training images with weight n_modality ** -modality_balance (0 = the data set's own
     # mix; 1 = every modality equally often): nucjax.data.pipeline.sampling_weights.

@@ -39,9 +39,9 @@ def main() -> None:
     data_config = common.get_config().data
     if args.submission:
         rows = [("ImageId", "EncodedPixels")]
-        for example in data.raw_dataset(data_config, args.split).as_numpy_iterator():
+        for example in data.examples(data_config, args.split):
             instances, _ = classical.otsu_watershed(example["image"])
-            rows += outputs.submission_rows(evaluators.decode_id(example["id"]), instances.label)
+            rows += outputs.submission_rows(example["id"], instances.label)
         text = "".join(f"{a},{b}\n" for a, b in rows)
         opener = gzip.open if args.submission.endswith(".gz") else open
         with opener(args.submission, "wt") as f:

@@ -52,6 +52,17 @@ def import_tensorflow():
     return tf
 
 
+@functools.cache
+def tensorflow_available() -> bool:
+    """Whether TensorFlow imports here (the borrowed GPU hosts have none): what the `auto`
+    settings of config.data.pipeline and config.data.storage decide by."""
+    try:
+        import_tensorflow()
+    except ImportError:
+        return False
+    return True
+
+
 def configure() -> None:
     """Apply nucjax's process-wide settings (module docstring). Call before importing jax."""
     _tune_cpu_convolutions()
