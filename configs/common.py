@@ -14,6 +14,9 @@ def get_config() -> ml_collections.ConfigDict:
     # The network; each model config fills in its own fields (nucjax.models.<name>).
     config.model = ml_collections.ConfigDict()
     config.model.name = ""
+    # float32 | bfloat16: what the training step computes in; parameters, optimizer state
+    # and the loss stay float32 (nucjax.models.spec.ModelSpec.compute_dtype).
+    config.model.compute_dtype = "float32"
 
     config.data = data = ml_collections.ConfigDict()
     data.source = "dsb2018"  # "dsb2018" (the real set) or "synthetic" (offline, tests)

@@ -63,6 +63,10 @@ class ModelSpec:
         `config.model.freeze_backbone_steps` steps; None when nothing can be frozen.
     tileable: whether large images may be predicted in overlapping tiles whose outputs are
         stitched (per-pixel networks); False runs the whole padded image at once (detectors).
+    compute_dtype: what the training step computes in (config.model.compute_dtype):
+        "bfloat16" casts the parameters and the image to bfloat16 for the forward and backward
+        pass while the parameters, the optimizer state, batch statistics, the outputs given
+        to the loss and the loss stay float32 (cast_floats); "float32" changes nothing.
     """
 
     module: nn.Module
@@ -74,6 +78,7 @@ class ModelSpec:
     prepare_variables: Callable[[dict], dict] = dataclasses.field(default=lambda v: v)
     frozen: Callable[[Any], Any] | None = None
     tileable: bool = True
+    compute_dtype: str = "float32"
 
     def init_variables(self, key: jax.Array, size: int) -> dict[str, Any]:
         """Fresh variables {"params", "batch_stats"?} from a dummy (1, S, S) image and label,
@@ -83,3 +88,13 @@ class ModelSpec:
         image = jnp.zeros((1, size, size, 3), jnp.float32)
         label = jnp.zeros((1, size, size), jnp.int32)
         return self.module.init({"params": key, "dropout": key}, image, label, train=False)
+
+
+def cast_floats(tree, dtype):
+    """Every floating-point leaf of `tree` cast to `dtype`; integer and bool leaves as they are."""
+    dtype = jnp.dtype(dtype)
+
+    def cast(x):
+        return x.astype(dtype) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x
+
+    return jax.tree.map(cast, tree)
