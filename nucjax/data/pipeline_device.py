@@ -57,6 +57,13 @@ def device_store(store: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: store[k].astype(np.int32) if k in ints else store[k] for k in _STORE_KEYS}
 
 
+def _generator(stream: int, *words: int) -> np.random.Generator:
+    """numpy PCG64 for one purpose (stream 0 augmentations, 1 weighted draws, 2 epoch
+    orders), seeded by (stream, *words); the stream goes first so that streams never share
+    a seed (SeedSequence pads its entropy with zeros)."""
+    return np.random.Generator(np.random.PCG64([stream, *words]))
+
+
 def step_draws(seed: int, process_index: int, step: int, local_batch: int) -> np.ndarray:
     """(local_batch, NUM_DRAWS) float32 uniforms in [0, 1) for one step of one process.
 
@@ -65,8 +72,7 @@ def step_draws(seed: int, process_index: int, step: int, local_batch: int) -> np
     generator is inlined per call and XLA:CPU took 30 s to compile just the draws of one
     example (2 fold_ins, 2 bit draws; load 27 on 2 cores), minutes with one call per draw.
     """
-    rng = np.random.Generator(np.random.PCG64([seed, process_index, step]))
-    return rng.random((local_batch, NUM_DRAWS), np.float32)
+    return _generator(0, seed, process_index, step).random((local_batch, NUM_DRAWS), np.float32)
 
 
 def image_indices(
@@ -77,14 +83,13 @@ def image_indices(
     once); with data.modality_balance > 0, draws by exp(log_weight) instead."""
     num_images = len(log_weight)
     if balance > 0:
-        rng = np.random.Generator(np.random.PCG64([seed, process_index, step, 1]))
-        return rng.choice(num_images, size=local_batch, p=np.exp(log_weight.astype(np.float64)))
+        weights = np.exp(log_weight.astype(np.float64))
+        rng = _generator(1, seed, process_index, step)
+        return rng.choice(num_images, size=local_batch, p=weights / weights.sum()).astype(np.int32)
     elements = step * local_batch + np.arange(local_batch, dtype=np.int64)
     epochs, positions = np.divmod(elements, num_images)
     orders = {
-        int(epoch): np.random.Generator(
-            np.random.PCG64([seed, process_index, int(epoch), 2])
-        ).permutation(num_images)
+        int(epoch): _generator(2, seed, process_index, int(epoch)).permutation(num_images)
         for epoch in np.unique(epochs)
     }
     return np.array([orders[int(e)][p] for e, p in zip(epochs, positions, strict=True)], np.int32)

@@ -153,6 +153,26 @@ def test_whole_image_crop_equals_network_input():
     assert [sorted(order[e * 4 : e * 4 + 4]) for e in range(3)] == [[0, 1, 2, 3]] * 3
 
 
+def test_image_order_epochs_and_modality_balance():
+    """Each epoch of 5 images shows every image once (batches of 3 straddle epochs); with
+    modality_balance 1, modalities 0, 0, 0, 1 are drawn half and half (3-sigma bound)."""
+    log_weight = np.log(pipeline.sampling_weights([0, 0, 0, 1, 1], 0.0))
+    shown = np.concatenate(
+        [pipeline_device.image_indices(4, 0, step, 3, log_weight, 0.0) for step in range(5)]
+    )
+    assert [sorted(shown[e * 5 : e * 5 + 5]) for e in range(3)] == [[0, 1, 2, 3, 4]] * 3
+    assert len({tuple(shown[e * 5 : e * 5 + 5]) for e in range(3)}) > 1  # reshuffled
+    modality = np.array([0, 0, 0, 1])
+    log_weight = np.log(pipeline.sampling_weights(modality, 1.0))
+    drawn = np.concatenate(
+        [pipeline_device.image_indices(4, 0, step, 8, log_weight, 1.0) for step in range(250)]
+    )
+    share = (modality[drawn] == 1).mean()
+    assert abs(share - 0.5) < 3 * np.sqrt(0.25 / drawn.size), share
+    again = pipeline_device.image_indices(4, 0, 17, 8, log_weight, 1.0)
+    np.testing.assert_array_equal(again, drawn[17 * 8 : 18 * 8])
+
+
 def test_resume_is_exact_and_seeded():
     config = _config(scale_jitter=0.25, intensity_jitter=0.2)
     from_start = _take(pipeline.train_batches(config, batch_size=4, seed=5), 6)
