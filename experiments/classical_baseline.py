@@ -48,9 +48,9 @@ def _record(image, label):
 
 def _write_submission(data_config, split: str, path: str) -> None:
     rows = [("ImageId", "EncodedPixels")]
-    for example in data.raw_dataset(data_config, split).as_numpy_iterator():
+    for example in data.examples(data_config, split):
         instances, _ = classical.otsu_watershed(example["image"])
-        rows += outputs.submission_rows(evaluators.decode_id(example["id"]), instances.label)
+        rows += outputs.submission_rows(example["id"], instances.label)
     text = "".join(f"{a},{b}\n" for a, b in rows)
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "wt") as f:

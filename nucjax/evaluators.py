@@ -44,22 +44,16 @@ class UnlabelledSplitError(ValueError):
 BY_MODALITY_LOGGED = ("dsb_score", "f1@0.50", "map_foreground_iou", "map_pixel_accuracy")
 
 
-def decode_id(image_id) -> str:
-    """A data set id as str (tf.data gives bytes)."""
-    return image_id.decode() if isinstance(image_id, bytes) else str(image_id)
-
-
 def labelled_images(data_config, split: str, max_images: int = 0) -> Iterator[tuple]:
     """(id, image (H, W, 3) uint8, label (H, W) int32, modality name) of a labelled split.
 
     max_images > 0 keeps the split's first max_images images (its fixed order). Raises
     ValueError for a split without labels (the DSB test split without stage1_solution.csv).
     """
-    ds = data.raw_dataset(data_config, split)
-    if max_images > 0:
-        ds = ds.take(max_images)
-    for example in ds.as_numpy_iterator():
-        image_id, label = decode_id(example["id"]), np.asarray(example["label"], np.int32)
+    for index, example in enumerate(data.examples(data_config, split)):
+        if 0 < max_images <= index:
+            break
+        image_id, label = example["id"], np.asarray(example["label"], np.int32)
         if not (label >= 0).any():
             raise UnlabelledSplitError(
                 f"split {split!r} has no labels (image {image_id} is all 'not labelled'): "

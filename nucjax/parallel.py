@@ -45,12 +45,17 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "config.train.batc
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """This process's slice of a global batch -> global arrays sharded along `data`.
 
-    batch: dict of (b, ...) arrays, b = global batch / process count.
+    batch: dict of (b, ...) arrays, b = global batch / process count; or global jax.Arrays
+    already sharded so (the device input path's batches), which pass through untouched.
     """
     sharding = batch_sharded(mesh)
-    return {
-        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
-    }
+    return {k: _global_array(v, sharding) for k, v in batch.items()}
+
+
+def _global_array(value, sharding: NamedSharding) -> jax.Array:
+    if isinstance(value, jax.Array) and value.sharding.is_equivalent_to(sharding, value.ndim):
+        return value
+    return jax.make_array_from_process_local_data(sharding, np.asarray(value))
 
 
 def replicate(tree, mesh: Mesh):

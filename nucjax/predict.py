@@ -51,7 +51,7 @@ import tifffile
 from absl import logging
 from PIL import Image
 
-from nucjax import evaluators, figures, outputs, reporting, whole_image
+from nucjax import figures, outputs, reporting, whole_image
 from nucjax import workdir as workdirs
 from nucjax.data.images import network_input, to_rgb
 from nucjax.models.spec import Instances
@@ -484,9 +484,8 @@ def predict_split(
     data_config = model.config.data
 
     def items():
-        for example in data.raw_dataset(data_config, split).as_numpy_iterator():
-            image_id = evaluators.decode_id(example["id"])
-            image = example["image"]
+        for example in data.examples(data_config, split):
+            image_id, image = example["id"], example["image"]
             yield image_id, f"{split}:{image_id}", lambda im=image: Planes(np.asarray(im)[None], "")
 
     return _run(

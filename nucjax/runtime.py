@@ -67,6 +67,17 @@ def import_tensorflow():
     return tf
 
 
+@functools.cache
+def tensorflow_available() -> bool:
+    """Whether TensorFlow imports here (the borrowed GPU hosts have none): what the `auto`
+    settings of config.data.pipeline and config.data.storage decide by."""
+    try:
+        import_tensorflow()
+    except ImportError:
+        return False
+    return True
+
+
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # TF's C++ log level when quiet: "2" hides INFO and WARNING (oneDNN notices), keeps errors.
 QUIET_TF_CPP_MIN_LOG_LEVEL = "2"

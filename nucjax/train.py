@@ -45,7 +45,7 @@ from nucjax import (
     reporting,
 )
 from nucjax import workdir as workdirs
-from nucjax.models.spec import ModelSpec
+from nucjax.models.spec import ModelSpec, cast_floats
 from nucjax.preemption import Preempted
 
 
@@ -115,7 +115,7 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, mesh, aug
     and the model's metrics. augment: None or nucjax.augment.photometric(config.data), applied
     to the images on the device before the model sees them.
     """
-    axis = spec.axis_name
+    axis, compute = spec.axis_name, spec.compute_dtype
 
     def per_device(state: TrainState, batch):
         step_key = jax.random.fold_in(state.rng, state.step)
@@ -131,14 +131,17 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, mesh, aug
             batch = {**batch, "image": images}
 
         def objective(params):
+            # Mixed precision (spec.compute_dtype): the cast is inside the differentiated
+            # function, so gradients arrive float32, for float32 parameters.
             outputs, mutated = spec.module.apply(
-                {"params": params, "batch_stats": state.batch_stats},
-                batch["image"],
+                {"params": cast_floats(params, compute), "batch_stats": state.batch_stats},
+                cast_floats(batch["image"], compute),
                 batch["label"],
                 train=True,
                 mutable=["batch_stats"],
                 rngs={"dropout": dropout_key, "sample": sample_key},
             )
+            outputs, mutated = cast_floats((outputs, mutated), jnp.float32)
             terms, metrics = spec.loss(outputs, batch)
             counts = {k: lax.stop_gradient(lax.psum(c, axis)) for k, (_, c) in terms.items()}
             local = sum(s / jnp.maximum(counts[k], 1.0) for k, (s, _) in terms.items())
@@ -266,7 +269,7 @@ class _Run:
         }
 
 
-def _default_batches(config, start: int) -> Iterator:
+def _default_batches(config, start: int, mesh) -> Iterator:
     from nucjax.data import pipeline
 
     return pipeline.train_batches(
@@ -276,6 +279,7 @@ def _default_batches(config, start: int) -> Iterator:
         start_step=start,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        mesh=mesh,
     )
 
 
@@ -293,14 +297,14 @@ def train_and_evaluate(
     """Train `config` in `workdir`, resuming from its latest checkpoint. Returns the summary.
 
     batches: an iterator of host batches (see nucjax.models.spec) to train on instead of the
-    tf.data pipeline; it must start at the state's step (the default pipeline does).
+    input path of config.data.pipeline; it must start at the state's step (both paths do).
     clock: seconds for the training-time budget (config.train.max_minutes, nucjax.budget);
     default time.monotonic, tests pass a fake one.
     Raises Preempted after SIGTERM or SIGINT, with a checkpoint at the step it names
     (nucjax.preemption); running again resumes there.
     """
     run = _Run(config, workdir)
-    batches = batches if batches is not None else _default_batches(config, run.start)
+    batches = batches if batches is not None else _default_batches(config, run.start, run.mesh)
     train_step = make_train_step(run.spec, run.tx, run.mesh, augment.photometric(config.data))
     eval_every = config.train.eval_every_steps or math.ceil(run.num_train / config.train.batch_size)
     state, ckpt, steps = run.state, run.ckpt, run.steps

@@ -28,8 +28,10 @@ from nucjax import bundle, checkpoint, models, outputs
 from nucjax.models.spec import ModelSpec
 
 CONFIG_FILE = "config.json"
-# What decides the function the network computes: every config.model field and the input view.
+# What decides the function the network computes: every config.model field and the input view,
+# except the precision it trains in (the parameters stay float32 either way).
 NETWORK_FIELDS = ("model", "data.input_view")
+NOT_NETWORK_FIELDS = ("model.compute_dtype",)
 
 
 class ConfigMismatchError(ValueError):
@@ -120,7 +122,7 @@ def network_differences(saved, given) -> list[str]:
     config file's defaults, which keep the old behaviour)."""
     flat_a = _flat(json.loads(saved.to_json_best_effort()))
     flat_b = _flat(json.loads(given.to_json_best_effort()))
-    keys = {k for k in flat_a if k.startswith(NETWORK_FIELDS)}
+    keys = {k for k in flat_a if k.startswith(NETWORK_FIELDS) and k not in NOT_NETWORK_FIELDS}
     missing = "(absent)"
     return [
         f"{k}: {flat_a.get(k, missing)!r} vs {flat_b.get(k, missing)!r}"

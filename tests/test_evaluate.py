@@ -101,16 +101,15 @@ def test_trainer_and_evaluate_mode_give_identical_numbers(tmp_path):
 def test_unlabelled_split_is_a_clear_error(threshold, monkeypatch):
     config, path = threshold
 
-    class Unlabelled:
-        def as_numpy_iterator(self):
-            yield {
-                "id": b"abc",
-                "image": np.zeros((8, 8, 3), np.uint8),
-                "label": -np.ones((8, 8)),
-                "modality": 0,
-            }
+    def unlabelled(*args):
+        yield {
+            "id": "abc",
+            "image": np.zeros((8, 8, 3), np.uint8),
+            "label": -np.ones((8, 8)),
+            "modality": 0,
+        }
 
-    monkeypatch.setattr(data, "raw_dataset", lambda *a: Unlabelled())
+    monkeypatch.setattr(data, "examples", unlabelled)
     with pytest.raises(ValueError, match="split 'test' has no labels .*abc.*split:test"):
         evaluate.evaluate(None, path, split="test")
     with pytest.raises(ValueError, match="unknown split 'tset'"):

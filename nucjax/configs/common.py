@@ -14,6 +14,9 @@ def get_config() -> ml_collections.ConfigDict:
     # The network; each model config fills in its own fields (nucjax.models.<name>).
     config.model = ml_collections.ConfigDict()
     config.model.name = ""
+    # float32 | bfloat16: what the training step computes in; parameters, optimizer state
+    # and the loss stay float32 (nucjax.models.spec.ModelSpec.compute_dtype).
+    config.model.compute_dtype = "float32"
 
     config.data = data = ml_collections.ConfigDict()
     data.source = "dsb2018"  # "dsb2018" (the real set) or "synthetic" (offline, tests)
@@ -23,6 +26,12 @@ def get_config() -> ml_collections.ConfigDict:
     data.download_source = ""
     data.validation_fraction = 0.1
     data.split_seed = 0
+    # Where DSB images are read from: tfds (TensorFlow), compact (one .npz per split, numpy
+    # only; nucjax.data.dsb2018_compact) or auto (tfds when TensorFlow imports, else compact).
+    data.storage = "auto"
+    # How training batches are made: tfdata (host CPU), device (jitted JAX on the
+    # accelerator, no TensorFlow) or auto (tfdata when TensorFlow imports, else device).
+    data.pipeline = "auto"
     data.crop_size = 256  # training crops (square); small images are padded, label -1
     # Draw training images with weight n_modality ** -modality_balance (0 = the data set's own
     # mix; 1 = every modality equally often): nucjax.data.pipeline.sampling_weights.

@@ -1,16 +1,23 @@
-"""Data sources: the real DSB 2018 set (nucjax.data.dsb2018) or synthetic nuclei.
+"""Data sources: the real DSB 2018 set (nucjax.data.dsb2018*) or synthetic nuclei.
 
-`raw_dataset(config.data, split)` gives decoded, unaugmented examples as a tf.data.Dataset of
-{image (H, W, 3) uint8, label (H, W) int32, id string, modality int64}, whichever the source;
-nucjax.data.pipeline turns them into training batches, nucjax.evaluators scores them whole.
-Sources are imported lazily so that a synthetic run never touches the DSB reader and vice
-versa.
+`examples(config.data, split)` yields decoded, unaugmented examples as numpy dicts
+{image (H, W, 3) uint8, label (H, W) int32, id str, modality int}, in a fixed order, whichever
+the source; the input pipelines turn them into training batches, nucjax.evaluators and predict
+take them whole. Where DSB 2018 images are stored is `config.data.storage`:
+  tfds     the TFDS copy (nucjax.data.dsb2018; needs TensorFlow and tensorflow-datasets)
+  compact  one .npz per split (nucjax.data.dsb2018_compact; numpy only)
+  auto     tfds when TensorFlow imports, else compact
+Both hold the same images, labels, modality and split. Synthetic data needs neither. Sources
+are imported lazily so that a synthetic run never touches the DSB readers and vice versa.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 SOURCES = ("dsb2018", "synthetic")
 SPLITS = ("train", "validation", "test")
+STORAGES = ("auto", "tfds", "compact")
 
 
 class UnknownSplitError(ValueError):
@@ -24,6 +31,18 @@ def _check_source(data_config) -> str:
             f"config.data.source={source!r} is not a known source; use one of {SOURCES}"
         )
     return source
+
+
+def storage(data_config) -> str:
+    """'tfds' or 'compact': config.data.storage with 'auto' resolved (module docstring)."""
+    chosen = data_config.storage
+    if chosen not in STORAGES:
+        raise ValueError(f"config.data.storage={chosen!r}; use one of {STORAGES}")
+    if chosen == "auto":
+        from nucjax.runtime import tensorflow_available
+
+        return "tfds" if tensorflow_available() else "compact"
+    return chosen
 
 
 def _dsb2018_kwargs(data_config) -> dict:
@@ -48,28 +67,47 @@ def synthetic_seed(data_config, split: str) -> int:
     return len(SPLITS) * data_config.split_seed + SPLITS.index(split)
 
 
-def raw_dataset(data_config, split: str):
-    """The decoded examples of one split, in a fixed order (tf.data.Dataset, see module doc)."""
+def _tfds_examples(split: str, **kwargs) -> Iterator[dict]:
+    from nucjax.data import dsb2018
+
+    for example in dsb2018.as_dataset(split, **kwargs).as_numpy_iterator():
+        image_id = example["id"]
+        yield {
+            "image": example["image"],
+            "label": example["label"],
+            "id": image_id.decode() if isinstance(image_id, bytes) else str(image_id),
+            "modality": int(example["modality"]),
+        }
+
+
+def examples(data_config, split: str) -> Iterator[dict]:
+    """The decoded examples of one split, in a fixed order (numpy dicts, see module doc)."""
     check_split(split)
-    if _check_source(data_config) == "dsb2018":
-        from nucjax.data import dsb2018
+    if _check_source(data_config) == "synthetic":
+        from nucjax.data import synthetic
 
-        return dsb2018.as_dataset(split, **_dsb2018_kwargs(data_config))
-    from nucjax.data import synthetic
+        return synthetic.synthetic_examples(
+            data_config.synthetic_num_images,
+            data_config.synthetic_size,
+            seed=synthetic_seed(data_config, split),
+            brightfield_fraction=data_config.synthetic_brightfield_fraction,
+        )
+    if storage(data_config) == "compact":
+        from nucjax.data import dsb2018_compact
 
-    return synthetic.synthetic_dataset(
-        data_config.synthetic_num_images,
-        data_config.synthetic_size,
-        seed=synthetic_seed(data_config, split),
-        brightfield_fraction=data_config.synthetic_brightfield_fraction,
-    )
+        return dsb2018_compact.examples(split, **_dsb2018_kwargs(data_config))
+    return _tfds_examples(split, **_dsb2018_kwargs(data_config))
 
 
 def num_examples(data_config, split: str) -> int:
-    """How many images raw_dataset(data_config, split) holds."""
+    """How many images examples(data_config, split) yields."""
     check_split(split)
-    if _check_source(data_config) == "dsb2018":
-        from nucjax.data import dsb2018
+    if _check_source(data_config) == "synthetic":
+        return int(data_config.synthetic_num_images)
+    if storage(data_config) == "compact":
+        from nucjax.data import dsb2018_compact
 
-        return dsb2018.num_examples(split, **_dsb2018_kwargs(data_config))
-    return int(data_config.synthetic_num_images)
+        return dsb2018_compact.num_examples(split, **_dsb2018_kwargs(data_config))
+    from nucjax.data import dsb2018
+
+    return dsb2018.num_examples(split, **_dsb2018_kwargs(data_config))

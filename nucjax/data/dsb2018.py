@@ -41,10 +41,13 @@ from nucjax.data.dsb2018_fetch import PINNED_SHA256, fetch, resolve_data_dir
 from nucjax.data.dsb2018_readers import (
     Dsb2018Error,
     check_csv_ids,
+    config_name,
     index_zip,
     label_from_csv_rows,
     open_zip,
     read_rle_csv,
+    solution_rows,
+    split_ids,
     stored_images,
 )
 from nucjax.data.images import MODALITIES, modality_of, to_rgb
@@ -64,24 +67,6 @@ class DamagedBuildError(Dsb2018Error):
 _CHECKED: set[tuple[str, int, int]] = set()
 
 
-# --------------------------------------------------------------------------------- splitting
-
-
-def split_ids(ids, validation_fraction: float, split_seed: int) -> tuple[list[str], list[str]]:
-    """Sorted ids, permuted by default_rng(split_seed): the first round(n * f) -> validation.
-
-    Returns (train ids, validation ids), each sorted.
-    """
-    if not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-    ids = np.array(sorted(ids))
-    order = np.random.default_rng(split_seed).permutation(len(ids))
-    num_validation = int(round(len(ids) * validation_fraction))
-    validation = sorted(ids[order[:num_validation]].tolist())
-    train = sorted(ids[order[num_validation:]].tolist())
-    return train, validation
-
-
 # ------------------------------------------------------------------------------ TFDS builder
 
 
@@ -92,12 +77,6 @@ class Dsb2018Config(tfds.core.BuilderConfig):
         super().__init__(**kwargs)
         self.validation_fraction = validation_fraction
         self.split_seed = split_seed
-
-
-def config_name(validation_fraction: float, split_seed: int) -> str:
-    """(0.1, 0) -> 'val10_seed0'; (0.125, 3) -> 'val12p5_seed3'."""
-    percent = f"{validation_fraction * 100:.6g}".replace(".", "p")
-    return f"val{percent}_seed{split_seed}"
 
 
 def builder_config(validation_fraction: float = 0.1, split_seed: int = 0) -> Dsb2018Config:
@@ -125,16 +104,6 @@ def _feature_png(data: bytes, stored: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(to_rgb(stored)).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
-
-
-def _solution_rows(solution_csv: pathlib.Path, test_index) -> dict[str, list[str]]:
-    """stage1_solution.csv rows, which must cover exactly the stage1_test images."""
-    rows = read_rle_csv(solution_csv)
-    if missing := sorted(set(test_index) - set(rows)):
-        raise Dsb2018Error(f"{solution_csv}: no rows for test image {missing[0]}")
-    if extra := sorted(set(rows) - set(test_index)):
-        raise Dsb2018Error(f"{solution_csv}: rows for {extra[0]}, not in stage1_test.zip")
-    return rows
 
 
 class Dsb2018(tfds.core.GeneratorBasedBuilder):
@@ -193,7 +162,7 @@ class Dsb2018(tfds.core.GeneratorBasedBuilder):
         config = self.builder_config
         train, validation = split_ids(train_index, config.validation_fraction, config.split_seed)
         solution_csv = folder / "stage1_solution.csv"
-        test_rows = _solution_rows(solution_csv, test_index) if solution_csv.is_file() else None
+        test_rows = solution_rows(solution_csv, test_index) if solution_csv.is_file() else None
         splits = {
             "train": self._generate_examples(train_zip, train_index, train, rows, labels_csv),
             "validation": self._generate_examples(

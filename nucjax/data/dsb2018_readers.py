@@ -200,3 +200,37 @@ def check_csv_ids(zf: zipfile.ZipFile, index, rows, csv_path) -> None:
                 f"{csv_path}: image {image_id} has {len(rows[image_id])} rows but "
                 f"{len(masks)} mask files in {zf.filename}"
             )
+
+
+def solution_rows(solution_csv: str | os.PathLike, test_index) -> dict[str, list[str]]:
+    """stage1_solution.csv rows, which must cover exactly the stage1_test images."""
+    rows = read_rle_csv(solution_csv)
+    if missing := sorted(set(test_index) - set(rows)):
+        raise Dsb2018Error(f"{solution_csv}: no rows for test image {missing[0]}")
+    if extra := sorted(set(rows) - set(test_index)):
+        raise Dsb2018Error(f"{solution_csv}: rows for {extra[0]}, not in stage1_test.zip")
+    return rows
+
+
+# --------------------------------------------------------------------------------- splitting
+
+
+def split_ids(ids, validation_fraction: float, split_seed: int) -> tuple[list[str], list[str]]:
+    """Sorted ids, permuted by default_rng(split_seed): the first round(n * f) -> validation.
+
+    Returns (train ids, validation ids), each sorted.
+    """
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    ids = np.array(sorted(ids))
+    order = np.random.default_rng(split_seed).permutation(len(ids))
+    num_validation = int(round(len(ids) * validation_fraction))
+    validation = sorted(ids[order[:num_validation]].tolist())
+    train = sorted(ids[order[num_validation:]].tolist())
+    return train, validation
+
+
+def config_name(validation_fraction: float, split_seed: int) -> str:
+    """(0.1, 0) -> 'val10_seed0'; (0.125, 3) -> 'val12p5_seed3'."""
+    percent = f"{validation_fraction * 100:.6g}".replace(".", "p")
+    return f"val{percent}_seed{split_seed}"

@@ -1,49 +1,68 @@
-"""Host input pipeline (tf.data): normalised, augmented training crops.
+"""Training batches, by one of two input paths chosen by config.data.pipeline.
 
-Batches follow the host batch contract of nucjax.models.spec: image (B, S, S, 3) float32
-normalised per image, label (B, S, S) int32 with -1 = not labelled, valid (B,) float32.
+  tfdata  nucjax.data.pipeline_tfdata: tf.data on the host CPU, numpy batches
+  device  nucjax.data.pipeline_device: the decoded split in accelerator memory, crops and
+          augmentations in jitted JAX, batches already sharded over the mesh; no TensorFlow
+  auto    tfdata when TensorFlow imports, else device
 
-Training (train_batches) is built for exact, cheap resume. Each process decodes its shard of
-the training split once into memory (uint8 pixels, labels, and each whole image's normalisation
-statistics). The stream of examples is then a pure function of the element index e:
-  epoch, position = divmod(e, n_images)
-  image = permutation(seed, epoch)[position]     (data.modality_balance = 0)
-  image = draw(seed, e) by sampling_weights       (data.modality_balance > 0)
-  crop, flips, rotation, zoom, jitter = stateless random draws from (seed, e)
-so batch k (elements k*b .. k*b+b-1) is the same whether iteration started at 0 or at step k,
-and starting at step k costs nothing: the stream simply begins at element k*b.
+Both paths read the same host store (decode_shard), take the same config.data fields with the
+same meaning (crop_size, flips, rot90, scale_jitter, intensity_jitter, modality_balance,
+input_view) and make the stream a pure function of (seed, process, element index), so that
+resuming at step k gives exactly the batches an uninterrupted run sees from step k, at no
+cost. Their random draws differ (TensorFlow's stateless RNG vs JAX's threefry), so the two
+paths give different, equally distributed streams: a run resumes under the path it started
+with.
 
-Normalisation is per image, (x - mean) / max(std, 1), mean and std over all pixels and
-channels of the whole image, after images.input_view: the same rule (images.normalize_image)
-as evaluation and predict, with the statistics computed once per image in numpy. Because it is
-affine per image, applying the whole image's statistics to a crop equals normalising the
-whole image and then cropping; padding is 0 after normalisation.
-
-TensorFlow is imported only when a tf.data function runs. normalize_image and input_view live
-in nucjax.data.images (numpy only), shared with evaluation and predict.
+Batches: {image (b, S, S, 3) float32 normalised per image, label (b, S, S) int32 with -1 =
+not labelled, valid (b,) float32 ones}, b = batch_size // process_count, S = crop_size.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from nucjax.data import raw_dataset
+from nucjax import data
 from nucjax.data.images import MIN_STD, input_view
-from nucjax.runtime import import_tensorflow
 
-# ----------------------------------------------------------------------------- training
+PIPELINES = ("auto", "tfdata", "device")
 
 
-def _decode_shard(data_config, split, process_index, process_count) -> dict[str, np.ndarray]:
-    """This process's images of a split, decoded once and packed flat for random access.
+def resolve(data_config) -> str:
+    """'tfdata' or 'device': config.data.pipeline with 'auto' resolved."""
+    chosen = data_config.pipeline
+    if chosen not in PIPELINES:
+        raise ValueError(f"config.data.pipeline={chosen!r}; use one of {PIPELINES}")
+    if chosen == "auto":
+        from nucjax.runtime import tensorflow_available
+
+        return "tfdata" if tensorflow_available() else "device"
+    return chosen
+
+
+def sampling_weights(modalities, balance: float) -> np.ndarray:
+    """(N,) float32 probabilities of drawing each image: proportional to n_m ** -balance, n_m
+    the number of images of its modality. balance 0: every image alike (the data set's own
+    mix); 1: every modality alike; DSB's 490 / 98 / 15 fluorescence / histology / brightfield
+    training images at 0.5 are drawn 62 / 28 / 11 percent of the time."""
+    modalities = np.asarray(modalities)
+    counts = np.bincount(modalities)[modalities].astype(np.float64)
+    weights = counts ** -float(balance)
+    return (weights / weights.sum()).astype(np.float32)
+
+
+def decode_shard(data_config, split, process_index, process_count) -> dict[str, np.ndarray]:
+    """This process's images of a split (image i when i % process_count == process_index),
+    decoded once, after images.input_view, and packed flat for random access.
 
     pixels (P, 3) uint8 and labels (P,) int16 or int32 hold every image's pixels row-major one
-    after another; offset, height, width, mean, scale, log_weight are per image (log_weight:
-    the image's log sampling weight under data.modality_balance, see sampling_weights).
+    after another; offset, height, width, mean, scale, log_weight are per image (N,): mean and
+    scale = max(std, MIN_STD) of the whole image (normalisation), log_weight the image's log
+    sampling weight under data.modality_balance (sampling_weights).
     """
-    ds = raw_dataset(data_config, split).shard(process_count, process_index)
     pixels, labels, shapes, means, scales, modalities = [], [], [], [], [], []
-    for example in ds.as_numpy_iterator():
+    for index, example in enumerate(data.examples(data_config, split)):
+        if index % process_count != process_index:
+            continue
         modalities.append(int(example["modality"]))
         image = input_view(example["image"], data_config.input_view)
         label = example["label"]
@@ -70,101 +89,7 @@ def _decode_shard(data_config, split, process_index, process_count) -> dict[str,
     }
 
 
-def sampling_weights(modalities, balance: float) -> np.ndarray:
-    """(N,) float32 probabilities of drawing each image: proportional to n_m ** -balance, n_m
-    the number of images of its modality. balance 0: every image alike (the data set's own
-    mix); 1: every modality alike; DSB's 490 / 98 / 15 fluorescence / histology / brightfield
-    training images at 0.5 are drawn 62 / 28 / 11 percent of the time."""
-    modalities = np.asarray(modalities)
-    counts = np.bincount(modalities)[modalities].astype(np.float64)
-    weights = counts ** -float(balance)
-    return (weights / weights.sum()).astype(np.float32)
-
-
-def _uniform(tf, key, low=0.0, high=1.0):
-    return tf.random.stateless_uniform([], key, low, high)
-
-
-def _image_picker(store, data_config, order_key):
-    """element index e -> the image it shows: a fresh permutation per epoch, or a weighted
-    draw per element when data.modality_balance > 0. Pure in (order_key, e)."""
-    tf = import_tensorflow()
-    num_images = int(store["height"].shape[0])
-
-    def pick(element):
-        if data_config.modality_balance > 0:
-            key = tf.random.experimental.stateless_fold_in(order_key, element)
-            logits = store["log_weight"][None]
-            return tf.random.stateless_categorical(logits, 1, key, dtype=tf.int64)[0, 0]
-        epoch, position = element // num_images, element % num_images
-        epoch_key = tf.random.experimental.stateless_fold_in(order_key, epoch)
-        shuffle = tf.random.stateless_uniform([num_images], epoch_key)
-        return tf.argsort(shuffle, stable=True)[position]
-
-    return pick
-
-
-def _train_example_fn(store, data_config, seed: int, process_index: int):
-    """element index e (int64) -> one augmented example; see the module docstring."""
-    tf = import_tensorflow()
-    store = {k: tf.constant(v) for k, v in store.items()}
-    size = int(data_config.crop_size)
-    zoom, jitter = float(data_config.scale_jitter), float(data_config.intensity_jitter)
-    base = tf.constant([seed, process_index], tf.int64)
-    order_key = tf.random.experimental.stateless_fold_in(base, 0)
-    augment_key = tf.random.experimental.stateless_fold_in(base, 1)
-
-    def crop(i, key):
-        h, w = store["height"][i], store["width"][i]
-        c = tf.constant(size, tf.int64)
-        if zoom > 0:
-            factor = _uniform(tf, key[0], 1.0 - zoom, 1.0 + zoom)
-            c = tf.maximum(tf.cast(tf.round(size / factor), tf.int64), 1)
-        corner = []
-        for extent, k in ((h, key[1]), (w, key[2])):
-            low, high = tf.minimum(extent - c, 0), tf.maximum(extent - c, 0) + 1
-            corner.append(tf.random.stateless_uniform([], k, low, high, dtype=tf.int64))
-        rows, cols = corner[0] + tf.range(c), corner[1] + tf.range(c)
-        inside = ((rows >= 0) & (rows < h))[:, None] & ((cols >= 0) & (cols < w))[None, :]
-        rows, cols = tf.clip_by_value(rows, 0, h - 1), tf.clip_by_value(cols, 0, w - 1)
-        flat = store["offset"][i] + rows[:, None] * w + cols[None, :]
-        pixels = tf.cast(tf.gather(store["pixels"], flat), tf.float32)
-        image = (pixels - store["mean"][i]) / store["scale"][i]
-        if jitter > 0:
-            image = image * _uniform(tf, key[3], 1 - jitter, 1 + jitter)
-            image = image + _uniform(tf, key[4], -jitter, jitter)
-        image = tf.where(inside[..., None], image, 0.0)
-        label = tf.where(inside, tf.cast(tf.gather(store["labels"], flat), tf.int32), -1)
-        if zoom > 0:
-            image = tf.image.resize(image, [size, size], "bilinear")
-            label = tf.image.resize(label[..., None], [size, size], "nearest")[..., 0]
-        return image, label
-
-    pick = _image_picker(store, data_config, order_key)
-
-    def example(element):
-        i = pick(element)
-        key = tf.random.experimental.stateless_split(
-            tf.random.experimental.stateless_fold_in(augment_key, element), 8
-        )
-        image, label = crop(i, key)
-        label = label[..., None]
-        if data_config.flips:
-            for axis, k in ((1, key[5]), (0, key[6])):
-                flip = _uniform(tf, k) < 0.5
-                image = tf.cond(flip, lambda x=image, a=axis: tf.reverse(x, [a]), lambda x=image: x)
-                label = tf.cond(flip, lambda x=label, a=axis: tf.reverse(x, [a]), lambda x=label: x)
-        if data_config.rot90:
-            turns = tf.random.stateless_uniform([], key[7], 0, 4, dtype=tf.int32)
-            image, label = tf.image.rot90(image, turns), tf.image.rot90(label, turns)
-        image = tf.ensure_shape(image, [size, size, 3])
-        label = tf.ensure_shape(label[..., 0], [size, size])
-        return {"image": image, "label": label, "valid": tf.constant(1.0, tf.float32)}
-
-    return example
-
-
-def _local_batch_size(batch_size: int, process_count: int) -> int:
+def local_batch_size(batch_size: int, process_count: int) -> int:
     if batch_size % process_count:
         raise ValueError(f"batch_size={batch_size} is not divisible by {process_count} processes")
     return batch_size // process_count
@@ -176,30 +101,39 @@ def train_batches(
     batch_size: int,
     seed: int,
     start_step: int = 0,
-    process_index=0,
-    process_count=1,
+    process_index: int = 0,
+    process_count: int = 1,
+    mesh=None,
 ):
-    """Endless, shuffled, augmented training batches of this process, as numpy dicts.
+    """Endless, shuffled, augmented training batches of this process (module docstring).
 
-    Yields {image (b, S, S, 3) float32, label (b, S, S) int32, valid (b,) float32 ones} with
-    b = batch_size // process_count (the global batch split across processes) and
-    S = data_config.crop_size. The first batch is global batch number `start_step`; batch k is
-    identical whether iteration started at 0 or at k (see the module docstring), and starting at
-    a large step costs no more than starting at 0. Crops: a random S x S window (zoomed by
-    1 +- scale_jitter when set; labels resized nearest), images smaller than the window padded
-    with image 0 and label -1; then flips, rot90 and intensity jitter as configured.
+    The first batch is global batch number `start_step`; batch k is identical whether
+    iteration started at 0 or at k. mesh: where the device path puts its store and batches
+    (default: every device); the tf.data path ignores it and yields numpy batches, which
+    parallel.shard_batch places.
     """
-    tf = import_tensorflow()
-    local = _local_batch_size(batch_size, process_count)
-    store = _decode_shard(data_config, "train", process_index, process_count)
-    example = _train_example_fn(store, data_config, int(seed), int(process_index))
-    del store
-    ds = tf.data.Dataset.range(start_step * local, np.iinfo(np.int64).max)
-    ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local, drop_remainder=True)
-    if data_config.prefetch > 0:
-        ds = ds.prefetch(data_config.prefetch)
-    return ds.as_numpy_iterator()
+    if resolve(data_config) == "device":
+        from nucjax.data import pipeline_device
+
+        return pipeline_device.train_batches(
+            data_config,
+            batch_size=batch_size,
+            seed=seed,
+            start_step=start_step,
+            process_index=process_index,
+            process_count=process_count,
+            mesh=mesh,
+        )
+    from nucjax.data import pipeline_tfdata
+
+    return pipeline_tfdata.train_batches(
+        data_config,
+        batch_size=batch_size,
+        seed=seed,
+        start_step=start_step,
+        process_index=process_index,
+        process_count=process_count,
+    )
 
 
-__all__ = ["train_batches"]
+__all__ = ["decode_shard", "resolve", "sampling_weights", "train_batches"]

@@ -184,9 +184,11 @@ def synthetic_example(
 
 
 def synthetic_examples(num_images: int, size, seed: int, brightfield_fraction: float = 0.25):
-    """Yields the elements of synthetic_dataset as numpy dicts (no TensorFlow needed).
+    """Yields {image (H, W, 3) uint8, label (H, W) int32, id "synthetic-00012", modality int
+    (FLUORESCENCE, BRIGHTFIELD or HISTOLOGY)}, the element structure of nucjax.data.examples.
 
-    Image i depends only on (seed, i), so a data set's first images do not change with its size.
+    size: int or (H, W). Image i depends only on (seed, i), so a data set's first images do not
+    change with its size. Use different seeds for different splits (nucjax.data.examples does).
     """
     for i in range(num_images):
         rng = np.random.default_rng([seed, i])
@@ -197,31 +199,5 @@ def synthetic_examples(num_images: int, size, seed: int, brightfield_fraction: f
             "image": image,
             "label": label,
             "id": f"synthetic-{i:05d}",
-            "modality": np.int64(modality(brightfield, colour)),
+            "modality": modality(brightfield, colour),
         }
-
-
-def synthetic_dataset(
-    num_images: int, size: int | tuple[int, int], seed: int, brightfield_fraction: float = 0.25
-):
-    """tf.data.Dataset of synthetic images, element structure as nucjax.data.dsb2018.as_dataset.
-
-    Elements: image (H, W, 3) uint8, label (H, W) int32, id tf.string "synthetic-00012",
-    modality int64 (FLUORESCENCE, BRIGHTFIELD or HISTOLOGY). Deterministic in (num_images,
-    size, seed); seed >= 0. Use different seeds for different splits (nucjax.data.raw_dataset
-    does).
-    """
-    from nucjax.runtime import import_tensorflow
-
-    tf = import_tensorflow()
-    h, w = (size, size) if isinstance(size, int) else size
-    signature = {
-        "image": tf.TensorSpec((h, w, 3), tf.uint8),
-        "label": tf.TensorSpec((h, w), tf.int32),
-        "id": tf.TensorSpec((), tf.string),
-        "modality": tf.TensorSpec((), tf.int64),
-    }
-    return tf.data.Dataset.from_generator(
-        lambda: synthetic_examples(num_images, (h, w), seed, brightfield_fraction),
-        output_signature=signature,
-    )

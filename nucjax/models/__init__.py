@@ -9,6 +9,7 @@ Shared pieces: layers.py (activations, batch norm, upsampling, input checks) and
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 from nucjax import parallel
@@ -26,18 +27,26 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
 def build(config) -> ModelSpec:
     """The ModelSpec for `config.model.name`; `config` is the whole experiment config.
 
     Every network's batch norm synchronises its statistics over the trainer's mesh axis
-    (nucjax.parallel.AXIS), given here and nowhere else.
+    (nucjax.parallel.AXIS), and every network trains in config.model.compute_dtype
+    (ModelSpec.compute_dtype): both given here and nowhere else.
     """
     name = config.model.name
     if name not in _REGISTRY:
         raise ValueError(
             f"config.model.name={name!r} is not a known model; choose one of {names()}"
         )
-    return importlib.import_module(_REGISTRY[name]).build(config, axis_name=parallel.AXIS)
+    dtype = config.model.get("compute_dtype", "float32")
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"config.model.compute_dtype={dtype!r}; choose one of {COMPUTE_DTYPES}")
+    spec = importlib.import_module(_REGISTRY[name]).build(config, axis_name=parallel.AXIS)
+    return dataclasses.replace(spec, compute_dtype=dtype)
 
 
 __all__ = ["Instances", "ModelSpec", "build", "names"]

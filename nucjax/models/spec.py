@@ -67,6 +67,10 @@ class ModelSpec:
         "detections": outputs are a dict of boxes (B, D, 4) y0 x0 y1 x1 pixels, valid (B, D),
         foreground (B, H, W) and per-detection arrays (B, D, ...) under any other key; each
         detection is kept from the tile that owns its box centre (detectors).
+    compute_dtype: what the training step computes in (config.model.compute_dtype):
+        "bfloat16" casts the parameters and the image to bfloat16 for the forward and backward
+        pass while the parameters, the optimizer state, batch statistics, the outputs given
+        to the loss and the loss stay float32 (cast_floats); "float32" changes nothing.
     """
 
     module: nn.Module
@@ -78,6 +82,7 @@ class ModelSpec:
     prepare_variables: Callable[[dict], dict] = dataclasses.field(default=lambda v: v)
     frozen: Callable[[Any], Any] | None = None
     tiling: str = "pixels"
+    compute_dtype: str = "float32"
 
     def __post_init__(self):
         if self.tiling not in TILINGS:
@@ -91,3 +96,13 @@ class ModelSpec:
         image = jnp.zeros((1, size, size, 3), jnp.float32)
         label = jnp.zeros((1, size, size), jnp.int32)
         return self.module.init({"params": key, "dropout": key}, image, label, train=False)
+
+
+def cast_floats(tree, dtype):
+    """Every floating-point leaf of `tree` cast to `dtype`; integer and bool leaves as they are."""
+    dtype = jnp.dtype(dtype)
+
+    def cast(x):
+        return x.astype(dtype) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x
+
+    return jax.tree.map(cast, tree)

@@ -1,4 +1,4 @@
-"""The tf.data input pipeline on tiny synthetic sets (and a check on the real one)."""
+"""The tf.data input path on tiny synthetic sets (and a check on the real one)."""
 
 import numpy as np
 import pytest
@@ -14,12 +14,13 @@ def _config(**overrides):
     config.synthetic_num_images = 3
     config.synthetic_size = 40
     config.crop_size = 32
+    config.pipeline = "tfdata"
     config.update(overrides)
     return config
 
 
 def _raw(config, split):
-    return list(data.raw_dataset(config, split).as_numpy_iterator())
+    return list(data.examples(config, split))
 
 
 def _take(iterator, n):

@@ -1,4 +1,4 @@
-"""The synthetic nuclei generator and the raw_dataset dispatch."""
+"""The synthetic nuclei generator and the nucjax.data.examples dispatch."""
 
 import numpy as np
 import pytest
@@ -59,16 +59,16 @@ def test_colour_variants():
 
 
 def test_dataset_elements_and_determinism():
-    ds = synthetic.synthetic_dataset(3, (40, 48), seed=7, brightfield_fraction=0.5)
-    first, again = list(ds.as_numpy_iterator()), list(ds.as_numpy_iterator())
-    assert [e["id"] for e in first] == [b"synthetic-00000", b"synthetic-00001", b"synthetic-00002"]
+    first = list(synthetic.synthetic_examples(3, (40, 48), seed=7, brightfield_fraction=0.5))
+    again = list(synthetic.synthetic_examples(3, (40, 48), seed=7, brightfield_fraction=0.5))
+    assert [e["id"] for e in first] == ["synthetic-00000", "synthetic-00001", "synthetic-00002"]
     for e, f in zip(first, again, strict=True):
         assert e["image"].shape == (40, 48, 3) and e["image"].dtype == np.uint8
         assert e["label"].shape == (40, 48) and e["label"].dtype == np.int32
         assert e["modality"] in (synthetic.FLUORESCENCE, synthetic.BRIGHTFIELD, synthetic.HISTOLOGY)
         np.testing.assert_array_equal(e["image"], f["image"])
     # Image i depends on (seed, i) only, not on how many images the set has.
-    longer = next(iter(synthetic.synthetic_dataset(5, (40, 48), 7, 0.5).as_numpy_iterator()))
+    longer = next(synthetic.synthetic_examples(5, (40, 48), 7, 0.5))
     np.testing.assert_array_equal(longer["label"], first[0]["label"])
 
 
@@ -81,10 +81,10 @@ def _synthetic_config(**overrides):
     return config
 
 
-def test_raw_dataset_splits_differ():
+def test_splits_differ():
     config = _synthetic_config()
     labels = {
-        split: next(iter(data.raw_dataset(config, split).as_numpy_iterator()))["label"]
+        split: next(data.examples(config, split))["label"]
         for split in ("train", "validation", "test")
     }
     assert not np.array_equal(labels["train"], labels["validation"])
@@ -97,7 +97,7 @@ def test_raw_dataset_splits_differ():
 
 def test_unknown_source_and_split():
     with pytest.raises(ValueError, match=r"config\.data\.source='nope'.*dsb2018.*synthetic"):
-        data.raw_dataset(_synthetic_config(source="nope"), "train")
+        data.examples(_synthetic_config(source="nope"), "train")
     with pytest.raises(ValueError, match="config.data.source"):
         data.num_examples(_synthetic_config(source="nope"), "train")
     with pytest.raises(ValueError, match="split"):
