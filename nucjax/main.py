@@ -7,6 +7,12 @@
   python -m nucjax.main --mode=predict --workdir=runs/unet \
       --input=my_images/ --output=out/ [--figure_image=NAME] [--checkpoint_step=K]
 
+Several processes (hosts, or one process per GPU): the same command in every process, plus
+  --coordinator_address=HOST:PORT --num_processes=N --process_id=I   (I = 0 .. N-1), or
+  --distributed   (SLURM, Open MPI or a Cloud TPU pod slice: jax detects the three)
+Every process trains on its rows of each global batch; process 0 writes metrics, config and
+reports; all of them write and read the checkpoints together (BUILD_NOTES.md, "Multi-host").
+
 Training needs --config (a locked file: a mistyped override such as
 --config.optim.learning_rte=0.1 fails). Evaluate and predict use the config the workdir saved;
 a --config given there may change evaluation and post-processing (config.eval), not the network.
@@ -48,6 +54,17 @@ flags.DEFINE_integer("checkpoint_step", None, "evaluate/predict: checkpoint step
 flags.DEFINE_string(
     "figure_image", None, "predict: comma-separated image stems or file names to draw Figure 2 for."
 )
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Start JAX's multi-process runtime with what jax.distributed.initialize detects (SLURM, "
+    "Open MPI, Cloud TPU pod slice); the three flags below override what it detects.",
+)
+flags.DEFINE_string(
+    "coordinator_address", None, "Multi-process: HOST:PORT of process 0's coordinator service."
+)
+flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes take part.", 1)
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's index, 0 .. N-1.", 0)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -108,10 +125,22 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
-    from nucjax import checkpoint, config_checks, data, evaluators, preemption, workdir
+    from nucjax import checkpoint, config_checks, data, evaluators, parallel, preemption, workdir
 
-    logging.info("JAX devices: %s", jax.devices())
     try:
+        # Before anything touches a device: JAX reads the process topology only once.
+        parallel.initialize_distributed(
+            FLAGS.coordinator_address,
+            FLAGS.num_processes,
+            FLAGS.process_id,
+            auto=FLAGS.distributed,
+        )
+        logging.info(
+            "process %d of %d, JAX devices: %s",
+            jax.process_index(),
+            jax.process_count(),
+            jax.devices(),
+        )
         {"train": _train, "evaluate": _evaluate, "predict": _predict}[FLAGS.mode]()
     except (
         FileNotFoundError,  # also checkpoint.CheckpointNotFoundError
@@ -119,6 +148,7 @@ def main(argv):
         checkpoint.IncompatibleCheckpointError,
         config_checks.ConfigError,
         data.UnknownSplitError,
+        parallel.DistributedSetupError,
         evaluators.UnlabelledSplitError,
         workdir.ConfigMismatchError,
     ) as e:
