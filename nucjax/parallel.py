@@ -9,13 +9,16 @@ feeds its own rows of each global batch (`shard_batch`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 AXIS = "data"
+T = TypeVar("T")
 
 
 class DistributedSetupError(ValueError):
@@ -67,6 +70,26 @@ def initialize_distributed(
             f"cannot start a multi-process run: {e}{hint if auto else ''}"
         ) from e
     return True
+
+
+def sync_processes(name: str, timeout_s: int = 3600) -> None:
+    """Wait until every process has reached the barrier `name` (unique per run); nothing on
+    one process. A barrier of the distributed runtime's coordination service (orbax's), not a
+    device collective: gloo (CPU) lets processes only 30 s to meet at a collective."""
+    if jax.process_count() > 1:
+        everyone = set(range(jax.process_count()))
+        ocp.multihost.sync_global_processes(name, timeout=timeout_s, processes=everyone)
+
+
+def process_0_first(name: str, fn: Callable[[], T]) -> T:
+    """fn() on process 0, then, once it returned, on every other process; fn() where there is
+    one process. For first-time work in a folder the processes share (fetching and building
+    the data set): done once, then found done, instead of N processes building at once."""
+    if jax.process_count() == 1:
+        return fn()
+    result = fn() if jax.process_index() == 0 else None
+    sync_processes(name)
+    return result if jax.process_index() == 0 else fn()
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -204,7 +204,10 @@ class _Run:
         config_checks.check_training(config, self.spec.stride)
         self.mesh = parallel.make_mesh()
         parallel.check_batch_size(config.train.batch_size, self.mesh)
-        self.num_train = data.num_examples(config.data, "train")
+        # The first touch of the data set may fetch and build it: process 0 alone does that.
+        self.num_train = parallel.process_0_first(
+            "nucjax: data prepared", lambda: data.num_examples(config.data, "train")
+        )
         self.steps = total_steps(config, self.num_train)
         self.tx = make_optimizer(self.spec, config, self.steps)
         state = init_state(self.spec, self.tx, config, self.mesh)
@@ -253,6 +256,15 @@ def _default_batches(config, start: int) -> Iterator:
     )
 
 
+def _compiled_everywhere(train_step, state, batch):
+    """The jitted step compiled for these arguments; on several processes, returned once every
+    process has compiled it. Processes compile at their own pace (on a loaded machine tens of
+    seconds apart), and the step's first collective must find them all within gloo's 30 s."""
+    compiled = train_step.lower(state, batch).compile()
+    parallel.sync_processes("nucjax: train step compiled")
+    return compiled
+
+
 def _log_train(step: int, pending, ckpt: checkpoint.Checkpointer, writer, bar) -> None:
     """Write the mean metrics since the last log; stop if any is not finite."""
     scalars = means(pending)
@@ -279,7 +291,10 @@ def train_and_evaluate(config, workdir: str, batches: Iterator | None = None) ->
     with preemption.stop_signals() as stop:
         try:
             for step in range(run.start + 1, steps + 1):
-                state, sums = train_step(state, parallel.shard_batch(next(batches), run.mesh))
+                batch = parallel.shard_batch(next(batches), run.mesh)
+                if step == run.start + 1:
+                    train_step = _compiled_everywhere(train_step, state, batch)
+                state, sums = train_step(state, batch)
                 pending = add_sums(pending, sums)
                 if t_first is None:  # the first step includes compilation
                     jax.block_until_ready(state.step)
