@@ -8,6 +8,12 @@
   nucjax export --workdir=runs/unet --output=unet.nucjax     # one file to hand on
   nucjax predict --workdir=unet.nucjax --input=my_images/     # a bundle wherever a workdir goes
 
+Several processes (hosts, or one process per GPU): the same command in every process, plus
+  --coordinator_address=HOST:PORT --num_processes=N --process_id=I   (I = 0 .. N-1), or
+  --distributed   (SLURM, Open MPI or a Cloud TPU pod slice: jax detects the three)
+Every process trains on its rows of each global batch; process 0 writes metrics, config and
+reports; all of them write and read the checkpoints together (BUILD_NOTES.md, "Multi-host").
+
 `nucjax MODE ARGS` is `python -m nucjax.main MODE ARGS` and `python -m nucjax.main --mode=MODE
 ARGS` (train is the default mode).
 --config takes a shipped config by name (unet, simple_cnn, resnet, mask_rcnn; `:VARIANT`
@@ -97,6 +103,17 @@ flags.DEFINE_bool("rois", False, "predict: also write NAME_rois.zip, Fiji/ImageJ
 flags.DEFINE_bool(
     "verbose", False, "Show every library's log lines (TensorFlow, XLA, orbax), not only nucjax's."
 )
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Start JAX's multi-process runtime with what jax.distributed.initialize detects (SLURM, "
+    "Open MPI, Cloud TPU pod slice); the three flags below override what it detects.",
+)
+flags.DEFINE_string(
+    "coordinator_address", None, "Multi-process: HOST:PORT of process 0's coordinator service."
+)
+flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes take part.", 1)
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's index, 0 .. N-1.", 0)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -179,11 +196,32 @@ def main(argv):
     nucjax.runtime.set_verbose(FLAGS.verbose)  # before TensorFlow starts, so its C++ obeys
     import jax
 
-    from nucjax import bundle, checkpoint, config_checks, data, evaluators, preemption, workdir
+    from nucjax import (
+        bundle,
+        checkpoint,
+        config_checks,
+        data,
+        evaluators,
+        parallel,
+        preemption,
+        workdir,
+    )
     from nucjax.data.dsb2018_readers import Dsb2018Error
 
-    logging.info("JAX devices: %s", jax.devices())
     try:
+        # Before anything touches a device: JAX reads the process topology only once.
+        parallel.initialize_distributed(
+            FLAGS.coordinator_address,
+            FLAGS.num_processes,
+            FLAGS.process_id,
+            auto=FLAGS.distributed,
+        )
+        logging.info(
+            "process %d of %d, JAX devices: %s",
+            jax.process_index(),
+            jax.process_count(),
+            jax.devices(),
+        )
         {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export}[
             FLAGS.mode
         ]()
@@ -196,6 +234,7 @@ def main(argv):
         config_checks.ConfigError,
         data.UnknownSplitError,
         Dsb2018Error,  # a bad source file or a damaged build, named with what to do
+        parallel.DistributedSetupError,
         evaluators.UnlabelledSplitError,
         workdir.ConfigMismatchError,
     ) as e:

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 
+import jax
 import numpy as np
 import tqdm
 from absl import logging
@@ -92,11 +93,13 @@ def progress(total: int, what: str, unit: str = "it", initial: int = 0) -> tqdm.
     """The one progress display of nucjax (training steps, evaluated or predicted images).
 
     A redrawn line with rate and ETA on a terminal; in a log file (no TTY) a line every 30 s
-    at most, so long runs keep readable logs.
+    at most, so long runs keep readable logs. Only process 0 shows it: the others run the same
+    loop in step.
     """
     tty = sys.stderr.isatty()
     return tqdm.tqdm(
         total=total,
+        disable=jax.process_index() != 0,
         initial=initial,
         desc=what,
         unit=unit,

@@ -227,7 +227,10 @@ class _Run:
         config_checks.check_training(config, self.spec.stride)
         self.mesh = parallel.make_mesh()
         parallel.check_batch_size(config.train.batch_size, self.mesh)
-        self.num_train = data.num_examples(config.data, "train")
+        # The first touch of the data set may fetch and build it: process 0 alone does that.
+        self.num_train = parallel.process_0_first(
+            "nucjax: data prepared", lambda: data.num_examples(config.data, "train")
+        )
         self.steps = total_steps(config, self.num_train)
         self.tx = make_optimizer(self.spec, config, self.steps)
         state = init_state(self.spec, self.tx, config, self.mesh)
@@ -283,6 +286,15 @@ def _default_batches(config, start: int, mesh) -> Iterator:
     )
 
 
+def _compiled_everywhere(train_step, state, batch):
+    """The jitted step compiled for these arguments; on several processes, returned once every
+    process has compiled it. Processes compile at their own pace (on a loaded machine tens of
+    seconds apart), and the step's first collective must find them all within gloo's 30 s."""
+    compiled = train_step.lower(state, batch).compile()
+    parallel.sync_processes("nucjax: train step compiled")
+    return compiled
+
+
 def _log_train(step: int, pending, ckpt: checkpoint.Checkpointer, writer, bar) -> None:
     """Write the mean metrics since the last log; stop if any is not finite."""
     scalars = means(pending)
@@ -317,7 +329,10 @@ def train_and_evaluate(
         try:
             timer.start()
             for step in todo:
-                state, sums = train_step(state, parallel.shard_batch(next(batches), run.mesh))
+                batch = parallel.shard_batch(next(batches), run.mesh)
+                if step == run.start + 1:
+                    train_step = _compiled_everywhere(train_step, state, batch)
+                state, sums = train_step(state, batch)
                 pending, last = add_sums(pending, sums), step
                 if t_first is None or timer.limit_s > 0:  # the first step includes compilation
                     jax.block_until_ready(state.step)  # a budget counts finished steps

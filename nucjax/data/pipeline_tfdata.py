@@ -3,16 +3,18 @@
 Batches follow the host batch contract of nucjax.models.spec: image (B, S, S, 3) float32
 normalised per image, label (B, S, S) int32 with -1 = not labelled, valid (B,) float32.
 
-Training (train_batches) is built for exact, cheap resume. Each process decodes its shard of
-the training split once into host memory (pipeline.decode_shard: uint8 pixels, labels, and
-each whole image's normalisation statistics). The stream of examples is then a pure function
-of the element index e:
+Training (train_batches) is built for exact, cheap resume. Each process decodes the whole
+training split once into host memory (pipeline.decode_shard: uint8 pixels, labels, and each
+whole image's normalisation statistics). The stream of examples is then a pure function of
+the element index e:
   epoch, position = divmod(e, n_images)
   image = permutation(seed, epoch)[position]     (data.modality_balance = 0)
   image = draw(seed, e) by sampling_weights       (data.modality_balance > 0)
   crop, flips, rotation, zoom, jitter = stateless random draws from (seed, e)
-so batch k (elements k*b .. k*b+b-1) is the same whether iteration started at 0 or at step k,
-and starting at step k costs nothing: the stream simply begins at element k*b.
+so global batch k (elements k*B .. k*B+B-1) is the same whether iteration started at 0 or at
+step k, and starting at step k costs nothing: the stream simply begins at element k*B.
+Process p of P yields rows p*b .. p*b+b-1 (b = B/P) of each global batch, so the global
+batches, and the training run, are the same on any number of processes (tests/test_multihost).
 
 Normalisation is per image, (x - mean) / max(std, 1), mean and std over all pixels and
 channels of the whole image, after images.input_view: the same rule (images.normalize_image)
@@ -58,13 +60,14 @@ def _image_picker(store, data_config, order_key):
     return pick
 
 
-def _train_example_fn(store, data_config, seed: int, process_index: int):
+def _train_example_fn(store, data_config, seed: int):
     """element index e (int64) -> one augmented example; see the module docstring."""
     tf = import_tensorflow()
     store = {k: tf.constant(v) for k, v in store.items()}
     size = int(data_config.crop_size)
     zoom, jitter = float(data_config.scale_jitter), float(data_config.intensity_jitter)
-    base = tf.constant([seed, process_index], tf.int64)
+    # [seed, 0]: the key of the one-process stream, shared by every process.
+    base = tf.constant([seed, 0], tf.int64)
     order_key = tf.random.experimental.stateless_fold_in(base, 0)
     augment_key = tf.random.experimental.stateless_fold_in(base, 1)
 
@@ -118,6 +121,12 @@ def _train_example_fn(store, data_config, seed: int, process_index: int):
     return example
 
 
+def _global_element(i, local: int, batch_size: int, process_index: int):
+    """The i-th element a process yields -> its index in the global stream: row
+    process_index * local + i % local of global batch i // local."""
+    return (i // local) * batch_size + process_index * local + i % local
+
+
 def train_batches(
     data_config,
     *,
@@ -130,20 +139,27 @@ def train_batches(
     """Endless, shuffled, augmented training batches of this process, as numpy dicts.
 
     Yields {image (b, S, S, 3) float32, label (b, S, S) int32, valid (b,) float32 ones} with
-    b = batch_size // process_count (the global batch split across processes) and
-    S = data_config.crop_size. The first batch is global batch number `start_step`; batch k is
-    identical whether iteration started at 0 or at k (see the module docstring), and starting at
-    a large step costs no more than starting at 0. Crops: a random S x S window (zoomed by
+    b = batch_size // process_count and S = data_config.crop_size: rows
+    process_index * b .. (process_index + 1) * b - 1 of global batch number start_step, then
+    of the next, and so on. Global batch k is identical whether iteration started at 0 or at
+    k and whatever the process count (see the module docstring); starting at a large step
+    costs no more than starting at 0. Crops: a random S x S window (zoomed by
     1 +- scale_jitter when set; labels resized nearest), images smaller than the window padded
     with image 0 and label -1; then flips, rot90 and intensity jitter as configured.
     """
     tf = import_tensorflow()
     local = local_batch_size(batch_size, process_count)
-    store = decode_shard(data_config, "train", process_index, process_count)
-    example = _train_example_fn(store, data_config, int(seed), int(process_index))
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} is not in [0, {process_count})")
+    store = decode_shard(data_config, "train", 0, 1)  # every image, on every process
+    example = _train_example_fn(store, data_config, int(seed))
     del store
-    ds = tf.data.Dataset.range(start_step * local, np.iinfo(np.int64).max)
-    ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = tf.data.Dataset.range(start_step * local, np.iinfo(np.int64).max // process_count)
+    ds = ds.map(
+        lambda i: example(_global_element(i, local, batch_size, process_index)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     ds = ds.batch(local, drop_remainder=True)
     if data_config.prefetch > 0:
         ds = ds.prefetch(data_config.prefetch)

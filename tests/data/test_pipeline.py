@@ -84,28 +84,34 @@ def test_small_images_are_padded_with_unlabelled():
             np.testing.assert_allclose(image[y : y + 40, x : x + 40], whole, atol=1e-5)
 
 
-def test_processes_split_the_batch_and_the_images():
-    config = _config(synthetic_num_images=4, crop_size=40, flips=False, rot90=False)
-    shards = [
-        np.concatenate(
-            [
-                b["label"]
-                for b in _take(
+@pytest.mark.parametrize("balance", [0.0, 0.5])
+def test_processes_split_each_global_batch(balance):
+    """Process p of 2 yields rows 2p, 2p+1 of the one-process global batch, from any start
+    step: the run does not depend on the process count."""
+    config = _config(synthetic_num_images=4, crop_size=40, modality_balance=balance)
+    whole = list(_take(pipeline.train_batches(config, batch_size=4, seed=0), 3))
+    for start in (0, 1):
+        parts = [
+            list(
+                _take(
                     pipeline.train_batches(
-                        config, batch_size=4, seed=0, process_index=p, process_count=2
+                        config,
+                        batch_size=4,
+                        seed=0,
+                        start_step=start,
+                        process_index=p,
+                        process_count=2,
                     ),
-                    2,
+                    3 - start,
                 )
-            ]
-        )
-        for p in (0, 1)
-    ]
-    raw = [e["label"] for e in _raw(config, "train")]
-    for p, labels in enumerate(shards):
-        assert labels.shape == (4, 40, 40)
-        # process p sees images p and p + 2 only, each twice over two epochs
-        owners = [next(i for i, r in enumerate(raw) if np.array_equal(r, x)) for x in labels]
-        assert sorted(owners) == sorted([p, p, p + 2, p + 2])
+            )
+            for p in (0, 1)
+        ]
+        for k, (first, second) in enumerate(zip(*parts, strict=True)):
+            for key in ("image", "label", "valid"):
+                assert first[key].shape[0] == 2
+                joined = np.concatenate([first[key], second[key]])
+                np.testing.assert_array_equal(joined, whole[start + k][key])
     with pytest.raises(ValueError, match="divisible"):
         pipeline.train_batches(config, batch_size=3, seed=0, process_count=2)
 
