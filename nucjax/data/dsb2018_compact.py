@@ -153,9 +153,11 @@ def _write(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> None:
     logging.info("dsb2018: wrote %s (%d images)", path, len(arrays["ids"]))
 
 
-def build(folder, out_folder, validation_fraction: float = 0.1, split_seed: int = 0) -> None:
-    """Writes <out_folder>/<split>.npz for every split not yet there, from the fetched files
-    in `folder` (stage1_train.zip, stage1_train_labels.csv, stage1_test.zip, optionally
+def build(
+    folder, out_folder, validation_fraction: float = 0.1, split_seed: int = 0, splits=SPLITS
+) -> None:
+    """Writes <out_folder>/<split>.npz for each of `splits` not yet there, from the fetched
+    files in `folder` (stage1_train.zip, stage1_train_labels.csv, stage1_test.zip, optionally
     stage1_solution.csv). validation is skipped when validation_fraction is 0."""
     folder, out_folder = pathlib.Path(folder), pathlib.Path(out_folder)
     train_zip, test_zip = (
@@ -176,7 +178,9 @@ def build(folder, out_folder, validation_fraction: float = 0.1, split_seed: int 
             "test": (test_zip, test_index, None, test_rows, solution),
         }
         for split, args in plan.items():
-            if (split == "validation" and not validation) or (out_folder / f"{split}.npz").exists():
+            if split not in splits or (split == "validation" and not validation):
+                continue
+            if (out_folder / f"{split}.npz").exists():
                 continue
             _write(out_folder / f"{split}.npz", _pack(_read(*args)))
 
@@ -188,21 +192,23 @@ def prepare(
     validation_fraction: float = 0.1,
     split_seed: int = 0,
     checksums: Mapping[str, str | None] | None = None,
+    splits=SPLITS,
 ) -> pathlib.Path:
-    """The folder of the compact splits; fetches and builds what is missing (idempotent: a
-    complete folder is used without touching the source)."""
+    """The folder of the compact splits; fetches and builds those of `splits` that are
+    missing (idempotent: when they are all there the source is not touched). Evaluation
+    needs only its split, so it does not wait for the training split's 42 MB to be built."""
     out = split_path("train", data_dir, validation_fraction, split_seed).parent
-    wanted = [s for s in SPLITS if s != "validation" or validation_fraction > 0]
+    wanted = [s for s in splits if s != "validation" or validation_fraction > 0]
     if all((out / f"{s}.npz").is_file() for s in wanted):
         return out
     folder = fetch(data_dir=data_dir, source=source, checksums=checksums)
-    build(folder, out, validation_fraction, split_seed)
+    build(folder, out, validation_fraction, split_seed, wanted)
     return out
 
 
 def load(split: str, **prepare_kwargs) -> CompactSplit:
     """A split's arrays (prepare's keyword arguments); the file is prepared first if needed."""
-    path = prepare(**prepare_kwargs) / f"{_check_split(split)}.npz"
+    path = prepare(splits=(_check_split(split),), **prepare_kwargs) / f"{split}.npz"
     if not path.is_file():
         fraction = prepare_kwargs.get("validation_fraction", 0.1)
         raise ValueError(f"no {split} split: validation_fraction is {fraction}")
@@ -226,7 +232,8 @@ def num_examples(split: str, **prepare_kwargs) -> int:
     """Images in a split (0 for validation when validation_fraction is 0)."""
     if split == "validation" and prepare_kwargs.get("validation_fraction", 0.1) == 0:
         return 0
-    with np.load(prepare(**prepare_kwargs) / f"{_check_split(split)}.npz") as f:
+    folder = prepare(splits=(_check_split(split),), **prepare_kwargs)
+    with np.load(folder / f"{split}.npz") as f:
         return len(f["ids"])
 
 
