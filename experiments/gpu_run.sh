@@ -16,13 +16,14 @@
 #   2. --mode=predict --input=split:test for each trained network: OUT/submissions/NET.csv.gz
 #      (Kaggle DSB 2018 stage 1) and OUT/submissions/NET_summary.json.
 #   3. OUT/runs/NET/: each run's config.json, summary.json, metrics.jsonl and eval reports (the
-#      checkpoints stay in GPU_RUN_WORKDIRS, a temporary folder by default: too big to return).
+#      checkpoints stay in GPU_RUN_WORKDIRS, runs/gpu_run by default: too big to return).
 # Everything printed also goes to OUT/gpu_run.log. Exit code: 0, or 1 when any step failed
-# (the others still ran).
+# (the others still ran). Run again on the same (warm) machine, it skips finished trainings
+# and evaluations (table1.py) and resumes an interrupted training from its checkpoint.
 #
-# Environment: GPU_PACK (default gpu_pack), PYTHON (default python), GPU_RUN_VARIANT (paper;
-# tiny for a dry run on a CPU), GPU_RUN_MINUTES (1), GPU_RUN_NETWORKS (all four + classical),
-# GPU_RUN_WORKDIRS (runs' folder; default a new temporary folder).
+# Environment: GPU_PACK (default gpu_pack), PYTHON (default python, else python3),
+# GPU_RUN_VARIANT (paper; tiny for a dry run on a CPU), GPU_RUN_MINUTES (1), GPU_RUN_NETWORKS
+# (all four + classical), GPU_RUN_WORKDIRS (the runs' folder, default runs/gpu_run).
 set -uo pipefail
 
 if [[ $# -ne 1 ]]; then
@@ -34,11 +35,11 @@ PACK=$(cd "${GPU_PACK:-gpu_pack}" 2>/dev/null && pwd) || {
   echo "gpu_run: no ${GPU_PACK:-gpu_pack}/ here: run experiments/gpu_pack.py first and carry it" >&2
   exit 2
 }
-PYTHON=${PYTHON:-python}
+PYTHON=${PYTHON:-$(command -v python || command -v python3)}
 VARIANT=${GPU_RUN_VARIANT:-paper}
 MINUTES=${GPU_RUN_MINUTES:-1}
 NETWORKS=${GPU_RUN_NETWORKS:-simple_cnn,resnet,unet,mask_rcnn,classical}
-WORK=${GPU_RUN_WORKDIRS:-$(mktemp -d)}
+mkdir -p "${GPU_RUN_WORKDIRS:=runs/gpu_run}" && WORK=$(cd "$GPU_RUN_WORKDIRS" && pwd)
 exec > >(tee -a "$OUT/gpu_run.log") 2>&1
 
 wheels=("$PACK"/wheels/*.whl)
