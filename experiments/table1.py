@@ -172,25 +172,25 @@ class Table:
 
 def write_plot(path: str, table: dict) -> str:
     """DSB score (with its interval) against training minutes, one point per network; the
-    baseline as a horizontal line with its band."""
-    import matplotlib
+    baseline as a horizontal line with its band. Drawn with Pillow (write_plain_plot) where
+    matplotlib is not installed (the borrowed GPU hosts; its wheels would not fit in what a
+    command carries there)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return write_plain_plot(path, table)
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
-    for row in table["rows"]:
-        dsb, training = row["scores"].get("dsb_score"), row.get("training")
-        if dsb is None:
-            continue
-        if training is None:
-            ax.axhline(dsb["value"], color="grey", linestyle="--", label=row["name"])
-            ax.axhspan(dsb["low"], dsb["high"], color="grey", alpha=0.15)
-            continue
-        err = [[dsb["value"] - dsb["low"]], [dsb["high"] - dsb["value"]]]
-        ax.errorbar(
-            training["minutes"], dsb["value"], yerr=err, fmt="o", capsize=4, label=row["name"]
-        )
+    points, lines = plot_points(table)
+    for name, value, low, high in lines:
+        ax.axhline(value, color="grey", linestyle="--", label=name)
+        ax.axhspan(low, high, color="grey", alpha=0.15)
+    for name, minutes, value, low, high in points:
+        err = [[value - low], [high - value]]
+        ax.errorbar(minutes, value, yerr=err, fmt="o", capsize=4, label=name)
     held_out = {r["test_split"] for r in table["rows"] if r["test_split"]}
     ax.set_xlim(left=0)
     ax.set_xlabel("training minutes")
@@ -204,6 +204,65 @@ def write_plot(path: str, table: dict) -> str:
         return outputs.write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
     finally:
         plt.close(fig)
+
+
+def plot_points(table: dict) -> tuple[list[tuple], list[tuple]]:
+    """([(name, minutes, dsb, low, high)] of trained rows, [(name, dsb, low, high)] of rows
+    without training: the baseline), rows without a DSB score left out."""
+    points, lines = [], []
+    for row in table["rows"]:
+        dsb, training = row["scores"].get("dsb_score"), row.get("training")
+        if dsb is None:
+            continue
+        if training is None:
+            lines.append((row["name"], dsb["value"], dsb["low"], dsb["high"]))
+        else:
+            points.append((row["name"], training["minutes"], dsb["value"], dsb["low"], dsb["high"]))
+    return points, lines
+
+
+def write_plain_plot(path: str, table: dict, size: tuple[int, int] = (780, 500)) -> str:
+    """write_plot's figure drawn with Pillow alone: minutes from 0, DSB score 0 to 1, points
+    with interval bars and their names, the baseline as a grey line with its band."""
+    from PIL import Image, ImageDraw
+
+    points, lines = plot_points(table)
+    width, height = size
+    left, right, top, bottom = 70, width - 20, 40, height - 50
+    x_max = max([p[1] for p in points] + [1e-9]) * 1.1
+    y_max = 1.0  # DSB scores lie in [0, 1]
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+
+    def xy(minutes: float, score: float) -> tuple[float, float]:
+        return (
+            left + (right - left) * minutes / x_max,
+            bottom - (bottom - top) * score / y_max,
+        )
+
+    for name, value, low, high in lines:
+        draw.rectangle([left, xy(0, high)[1], right, xy(0, low)[1]], fill=(230, 230, 230))
+        draw.line([left, xy(0, value)[1], right, xy(0, value)[1]], fill="grey", width=2)
+        draw.text((right - 120, xy(0, value)[1] - 14), name, fill="grey")
+    for name, minutes, value, low, high in points:
+        x, y = xy(minutes, value)
+        draw.line([x, xy(0, low)[1], x, xy(0, high)[1]], fill="black", width=1)
+        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(31, 119, 180))
+        draw.text((x + 7, y - 7), name, fill="black")
+    draw.rectangle([left, top, right, bottom], outline="black")
+    for k in range(5):
+        minutes, score = x_max * k / 4, y_max * k / 4
+        draw.text((xy(minutes, 0)[0] - 10, bottom + 6), f"{minutes:.3g}", fill="black")
+        draw.text((left - 40, xy(0, score)[1] - 6), f"{score:.2f}", fill="black")
+    held_out = " / ".join(sorted({r["test_split"] for r in table["rows"] if r["test_split"]}))
+    draw.text(
+        (left, 12),
+        f"Table 1, budget {table['budget']['name']}: DSB score "
+        f"({held_out}, 95 % interval) against training minutes",
+        fill="black",
+    )
+    draw.text(((left + right) / 2 - 40, height - 22), "training minutes", fill="black")
+    return outputs.write_atomically(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def main(argv: Sequence[str] | None = None, run: Callable[[list[str]], int] = _subprocess) -> int:

@@ -1,7 +1,9 @@
 """Figures: the paper's Figure 2 (a foreground-probability map with each nucleus's confidence
 on it) and the outline comparison the trainer sends to TensorBoard.
 
-Drawn with matplotlib (its object API and Agg canvas: no pyplot state, no display needed):
+Figure 2 is drawn with matplotlib's object API and Agg canvas (no pyplot state, no display
+needed; imported inside the drawing functions, so the train / evaluate path, which uses only
+the outline comparison, runs without matplotlib, as on the borrowed GPU hosts):
 the input image and, beside it, the probability map in viridis with every predicted nucleus
 outlined and its score (mean foreground probability, Instances.scores) written at its centre,
 and a colour bar. On a crowded image the scores are thinned so that no two overlap: larger
@@ -14,18 +16,17 @@ how many are shown, and every score is in NAME_nuclei.csv.
 
 from __future__ import annotations
 
-import matplotlib
+from typing import TYPE_CHECKING
+
 import numpy as np
-from matplotlib import patheffects
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
 from skimage.measure import regionprops
 from skimage.segmentation import find_boundaries
 
 from nucjax import outputs
 from nucjax.models.spec import Instances
+
+if TYPE_CHECKING:
+    import matplotlib.figure
 
 OUTLINE = (1.0, 0.25, 0.25)  # red: apart from viridis
 PANEL_INCHES = 6.0  # the long side of each panel
@@ -36,6 +37,8 @@ SCORE_POINTS = 7
 def place_scores(ax, instances: Instances, renderer) -> list[int]:
     """Write each nucleus's score at its centre on `ax`, larger nuclei first, leaving out any
     whose text box would overlap one already written. Returns the ids written, in order."""
+    from matplotlib import patheffects
+
     label = np.asarray(instances.label)
     regions = sorted(regionprops(label), key=lambda r: -r.area)
     halo = [patheffects.withStroke(linewidth=1.5, foreground="black")]
@@ -75,12 +78,18 @@ def outline_comparison(image: np.ndarray, truth: np.ndarray, predicted: np.ndarr
 
 def confidence_figure(
     image: np.ndarray, foreground: np.ndarray, instances: Instances, *, title: str = ""
-) -> tuple[Figure, list[int]]:
+) -> tuple[matplotlib.figure.Figure, list[int]]:
     """(the figure, the ids whose score it shows).
 
     image: (H, W, 3) uint8 for display (outputs.display_rgb); foreground: (H, W) probability;
     instances: the nuclei.
     """
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
     h, w = foreground.shape
     panel = PANEL_INCHES / max(h, w)
     figure = Figure(figsize=(2 * w * panel + 1.2, h * panel + 0.7), dpi=DPI, layout="constrained")
