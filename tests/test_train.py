@@ -237,11 +237,18 @@ def _signalling(iterator, at: int, signum: int):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_saves_the_step_in_flight_and_resume_is_exact(signum, straight_run, tmp_path):
+def test_signal_saves_the_step_in_flight_and_resume_is_exact(
+    signum, straight_run, tmp_path, request
+):
     """A signal while step 2's batch is read: step 2 completes, is checkpointed (and nothing
     else: the periodic checkpoint would be step 3), training stops with Preempted, the handlers
     are given back, and re-running ends bit-identical to 6 uninterrupted steps."""
     config, workdir = _resume_config(), str(tmp_path / "preempted")
+    if signal.getsignal(signum) == signal.SIG_IGN:
+        # A shell starts background jobs (nohup, `&`) with SIGINT ignored, and nucjax rightly
+        # leaves an ignored signal alone; the test needs it delivered, as in a terminal.
+        signal.signal(signum, signal.default_int_handler)
+        request.addfinalizer(lambda: signal.signal(signum, signal.SIG_IGN))
     before = signal.getsignal(signum)
     batches = pipeline.train_batches(config.data, batch_size=4, seed=config.seed)
     with pytest.raises(train.Preempted, match=f"{signum.name} after step 2") as stopped:
