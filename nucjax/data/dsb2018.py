@@ -63,8 +63,20 @@ class DamagedBuildError(Dsb2018Error):
     """A record file of a built dataset is damaged or missing; the message says how to rebuild."""
 
 
-# (path, size, mtime) of record files already read whole by check_build in this process.
+# (path, size, mtime in ns) of record files already read whole by check_build in this process.
 _CHECKED: set[tuple[str, int, int]] = set()
+
+
+def _file_key(path: str) -> tuple[str, int, int]:
+    """(path, size, mtime in nanoseconds): os.stat for local files, because tf.io.gfile's
+    mtime_nsec is whole seconds there, so a file damaged within the second it was checked in
+    would pass as checked; gfile's stat for other filesystems (gs://, ...)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        stat = tf.io.gfile.stat(path)
+        return path, stat.length, stat.mtime_nsec
+    return path, st.st_size, st.st_mtime_ns
 
 
 # ------------------------------------------------------------------------------ TFDS builder
@@ -229,8 +241,7 @@ def check_build(builder: Dsb2018) -> None:
 
             if not tf.io.gfile.exists(path):
                 raise damaged("file missing")
-            stat = tf.io.gfile.stat(path)
-            key = (path, stat.length, stat.mtime_nsec)
+            key = _file_key(path)
             if key in _CHECKED:
                 continue
             records = tf.data.TFRecordDataset(path, buffer_size=1 << 22)
