@@ -33,16 +33,21 @@ def _check_source(data_config) -> str:
     return source
 
 
-def storage(data_config) -> str:
-    """'tfds' or 'compact': config.data.storage with 'auto' resolved (module docstring)."""
-    chosen = data_config.storage
-    if chosen not in STORAGES:
-        raise ValueError(f"config.data.storage={chosen!r}; use one of {STORAGES}")
+def resolve_auto(field: str, chosen: str, choices, with_tf: str, without_tf: str) -> str:
+    """config.<field> = chosen, one of `choices`, with "auto" resolved: with_tf when
+    TensorFlow imports here, else without_tf (the borrowed GPU hosts have no TensorFlow)."""
+    if chosen not in choices:
+        raise ValueError(f"config.{field}={chosen!r}; use one of {tuple(choices)}")
     if chosen == "auto":
         from nucjax.runtime import tensorflow_available
 
-        return "tfds" if tensorflow_available() else "compact"
+        return with_tf if tensorflow_available() else without_tf
     return chosen
+
+
+def storage(data_config) -> str:
+    """'tfds' or 'compact': config.data.storage with 'auto' resolved (module docstring)."""
+    return resolve_auto("data.storage", data_config.storage, STORAGES, "tfds", "compact")
 
 
 def _dsb2018_kwargs(data_config) -> dict:

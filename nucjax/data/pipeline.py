@@ -29,14 +29,7 @@ PIPELINES = ("auto", "tfdata", "device")
 
 def resolve(data_config) -> str:
     """'tfdata' or 'device': config.data.pipeline with 'auto' resolved."""
-    chosen = data_config.pipeline
-    if chosen not in PIPELINES:
-        raise ValueError(f"config.data.pipeline={chosen!r}; use one of {PIPELINES}")
-    if chosen == "auto":
-        from nucjax.runtime import tensorflow_available
-
-        return "tfdata" if tensorflow_available() else "device"
-    return chosen
+    return data.resolve_auto("data.pipeline", data_config.pipeline, PIPELINES, "tfdata", "device")
 
 
 def sampling_weights(modalities, balance: float) -> np.ndarray:
