@@ -5,20 +5,14 @@ import jax
 import numpy as np
 import pytest
 
-from configs.common import get_config
 from nucjax import parallel
 from nucjax.data import images, pipeline, pipeline_device
+from tests.data.test_pipeline import _config as synthetic_data_config
 
 
 def _config(**overrides):
-    config = get_config().data
-    config.source = "synthetic"
-    config.synthetic_num_images = 3
-    config.synthetic_size = 40
-    config.crop_size = 32
-    config.pipeline = "device"
-    config.update(overrides)
-    return config
+    """test_pipeline's tiny synthetic set, on the device path."""
+    return synthetic_data_config(**{"pipeline": "device", **overrides})
 
 
 def _take(iterator, n):
