@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from nucjax import benchmark, outputs  # noqa: E402
+from nucjax import benchmark, checkpoint, outputs  # noqa: E402
 
 PREEMPTED = 3  # nucjax.preemption.EXIT_CODE, without importing jax here
 SPLITS = ("train", "validation", "test")
@@ -75,6 +75,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def _subprocess(command: list[str]) -> int:
     print("+ " + " ".join(command), flush=True)
     return subprocess.run(command, cwd=REPO).returncode
+
+
+def _parameters(workdir: str, step: int) -> int | None:
+    """The parameter count that checkpoint `step` of `workdir` records; None without one."""
+    try:
+        meta = checkpoint.read_meta(os.path.join(workdir, "checkpoints"), step)
+    except (FileNotFoundError, checkpoint.DamagedCheckpointError):
+        return None
+    return checkpoint.parameter_count(meta)
 
 
 class Table:
@@ -150,6 +159,8 @@ class Table:
                 report = self.evaluate(network, workdir, split, int(summary["final_step"]))
                 if report is not None:
                     reports[split] = report
+        if summary is not None and "parameters" not in summary:  # trained before nucjax kept it
+            summary = {**summary, "parameters": _parameters(workdir, int(summary["final_step"]))}
         return benchmark.table_row(network, reports, summary, config, **kw)
 
     def build(self) -> dict:

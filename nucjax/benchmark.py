@@ -249,6 +249,8 @@ def table_row(
         row["training"] = {
             "minutes": seconds / 60.0,
             "steps": steps,
+            "schedule_steps": int(summary.get("steps", steps)),
+            "parameters": summary.get("parameters"),
             "images_per_s": steps * batch / seconds if seconds > 0 else None,
             "stopped_by_budget": bool(summary.get("stopped_by_budget", False)),
             "device": summary.get("device", f"{summary.get('devices', '?')} devices"),
@@ -273,8 +275,19 @@ def _paper(row: dict, key: str) -> str:
     return "-" if value is None else f"{value:g}"
 
 
+def _model(training: dict | None) -> str:
+    """"1.23M params, 2,594 of 3,600 steps": the network nucjax trained, whatever the paper's
+    name for it (a `:best` ResNet is not the paper's ResNet-152)."""
+    if training is None:
+        return "-"
+    params = training.get("parameters")
+    size = "" if params is None else f"{params / 1e6:.2f}M params, "
+    return f"{size}{training['steps']:,} of {training['schedule_steps']:,} steps"
+
+
 COLUMNS = (
     "network",
+    "nucjax model",
     "train acc % (paper)",
     "train acc % (nucjax)",
     "test acc % (paper)",
@@ -296,6 +309,7 @@ def markdown_row(row: dict) -> list[str]:
     s, t = row["scores"], row.get("training")
     return [
         row["name"],
+        _model(t),
         _paper(row, "train_acc"),
         _pct(s.get("train_pixel_accuracy")),
         _paper(row, "test_acc"),

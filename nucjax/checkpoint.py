@@ -20,6 +20,7 @@ interrupted are removed when a Checkpointer opens the folder.
 from __future__ import annotations
 
 import glob
+import math
 import os
 import shutil
 import zlib
@@ -55,6 +56,11 @@ def param_shapes(params) -> dict[str, list[int]]:
     """{'/'-joined parameter path: shape} for every leaf of `params`."""
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     return {leaf_name(path): list(leaf.shape) for path, leaf in flat}
+
+
+def parameter_count(meta: dict[str, Any]) -> int:
+    """The number of trainable parameters a describe() result (or a saved meta) records."""
+    return sum(math.prod(shape) for shape in meta.get("param_shapes", {}).values())
 
 
 def array_checksums(tree) -> dict[str, int]:
@@ -250,6 +256,13 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def read_meta(directory: str, step: int) -> dict[str, Any]:
+    """The `meta` item of checkpoint `step` under `directory`, read without opening a
+    Checkpointer (which would tidy the folder): for reports on finished runs."""
+    with ocp.CheckpointManager(os.path.abspath(directory)) as manager:
+        return _read_meta(manager, step, os.path.join(directory, str(step)))
 
 
 class CheckpointNotFoundError(FileNotFoundError):

@@ -260,6 +260,7 @@ class _Run:
     def summary(self, config, times: dict[str, float], results: dict) -> dict[str, Any]:
         return {
             "model": config.model.name,
+            "parameters": checkpoint.parameter_count(self.meta),
             "steps": self.steps,
             "resumed_from": self.start,
             "max_minutes": float(config.train.max_minutes),

@@ -97,7 +97,8 @@ def _fabricated_row():
     train = _report("train", _records(4, seed=1))
     fluo, histo = _records(3, seed=2), _records(2, seed=3)
     validation = {"split": "validation", "images": _rows(fluo) + _rows(histo, "histology")}
-    summary = {"train_seconds": 600.0, "final_step": 100, "max_minutes": 10.0}
+    summary = {"train_seconds": 600.0, "final_step": 100, "steps": 300, "max_minutes": 10.0}
+    summary["parameters"] = 1_234_567
     summary.update(stopped_by_budget=True, device="1 x NVIDIA H200")
     config = {"train": {"batch_size": 8}}
     reports = {"train": train, "validation": validation}
@@ -121,6 +122,7 @@ def test_table_writer_puts_values_in_the_right_cells():
     cell = dict(zip(header, cells, strict=True))
     everything = metrics.summarize(fluo + histo)
     assert cell["network"] == "U-Net"
+    assert cell["nucjax model"] == "1.23M params, 100 of 300 steps"
     assert cell["train acc % (paper)"] == "99.75" and cell["test acc % (paper)"] == "98"
     assert cell["mean IoU % (paper)"] == "83" and cell["train min (paper, T4)"] == "238"
     train_acc = metrics.summarize(_records(4, seed=1))["map_pixel_accuracy"]

@@ -272,3 +272,13 @@ def test_metric_rows_past_the_restored_step_are_dropped(tmp_path):
     kept = [json.loads(line) for line in path.read_text().splitlines()]
     assert kept == [*rows[:2], {"step": 3, "split": "train", "loss": 0.5}]
     assert reporting.drop_rows_after(str(tmp_path / "absent.jsonl"), 0) == 0
+
+
+def test_parameter_count_is_read_back_from_a_saved_checkpoint(trained):
+    """The trainer's summary, the saved meta and the parameters themselves agree."""
+    path, _, state4 = trained
+    expected = sum(x.size for x in jax.tree.leaves(state4.params))
+    meta = checkpoint.read_meta(workdir.checkpoint_dir(path), 4)
+    assert checkpoint.parameter_count(meta) == expected > 0
+    with open(os.path.join(path, "summary.json")) as f:
+        assert json.load(f)["parameters"] == expected
