@@ -37,6 +37,7 @@ checkpoint of another model, is an error.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import time
@@ -81,9 +82,27 @@ def segment(model: workdirs.TrainedModel, rgb: np.ndarray) -> whole_image.ImageP
     return whole_image.segment_image(model.spec, model.variables, image, model.config.eval)
 
 
-def _segment_planes(model, pixels: np.ndarray) -> list[whole_image.ImagePrediction]:
-    """pixels (N, H, W[, C]) -> one prediction per plane, each on its own."""
-    return [segment(model, to_rgb(plane)) for plane in pixels]
+def _segmented(model, loaded: Iterator[tuple]) -> Iterator[tuple]:
+    """(stem, source, Planes) items -> (stem, source, Planes, one prediction per plane), in
+    order, through whole_image.segment_images: the network runs on the next plane (of this
+    item or the next) while this one is post-processed. `loaded` is read one plane ahead."""
+    waiting = collections.deque()  # items whose planes went to the network, oldest first
+
+    def planes():
+        for item in loaded:
+            waiting.append((item, []))
+            for plane in item[2].pixels:
+                yield network_input(to_rgb(plane), model.config.data.input_view)
+
+    predictions = whole_image.segment_images(
+        model.spec, model.variables, planes(), model.config.eval
+    )
+    for prediction in predictions:
+        item, done = waiting[0]
+        done.append(prediction)
+        if len(done) == len(item[2].pixels):
+            waiting.popleft()
+            yield (*item, done)
 
 
 def _stacked(predictions) -> tuple[Instances, np.ndarray]:
@@ -108,11 +127,10 @@ def _submission_rows(stem: str, axis: str, labels: Sequence[np.ndarray]) -> list
     ]
 
 
-def _segment_one(model, output_dir, stem, source, planes, wanted, image_outputs, rois) -> dict:
-    """Segment one image or stack and write its files; returns its summary row (with its
-    submission rows). Raises OSError when a file cannot be written, after removing those of
-    its files that were."""
-    predictions = _segment_planes(model, planes.pixels)
+def _write_one(output_dir, stem, source, planes, predictions, wanted, image_outputs, rois) -> dict:
+    """Write the files of one segmented image or stack (one prediction per plane); returns its
+    summary row (with its submission rows). Raises OSError when a file cannot be written,
+    after removing those of its files that were."""
     first = predictions[0]
     if planes.axis:
         instances, foreground = _stacked(predictions)
@@ -178,18 +196,23 @@ def _run(
         logging.warning("skipped %s: %s", item["file"], item["reason"])
     bar = reporting.progress(total, "predict", "img")
     t0 = time.perf_counter()
-    for stem, source, load in items:
-        bar.update()
+
+    def loaded():
+        for stem, source, load in items:
+            bar.update()
+            try:
+                planes = _load_raw(stem, source, load, taken)
+            except ValueError as e:  # UnsupportedImageError, or to_rgb refusing the array
+                logging.warning("skipped %s: %s", source, e)
+                skipped.append({"file": source, "reason": str(e)})
+                continue
+            taken[stem] = source
+            yield stem, source, planes
+
+    write = image_outputs and primary
+    for stem, source, planes, predictions in _segmented(model, loaded()):
         try:
-            planes = _load_raw(stem, source, load, taken)
-        except ValueError as e:  # UnsupportedImageError, or to_rgb refusing the array
-            logging.warning("skipped %s: %s", source, e)
-            skipped.append({"file": source, "reason": str(e)})
-            continue
-        taken[stem] = source
-        write = image_outputs and primary
-        try:
-            row = _segment_one(model, output_dir, stem, source, planes, wanted, write, rois)
+            row = _write_one(output_dir, stem, source, planes, predictions, wanted, write, rois)
         except OSError as e:  # disk full, permission denied: the other images may still fit
             logging.warning("could not write the outputs of %s: %s", source, e)
             failed.append({"file": source, "image_id": stem, "reason": str(e)})
