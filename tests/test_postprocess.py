@@ -203,6 +203,7 @@ def test_h_maxima_by_component_equals_the_whole_image_h_maxima():
 
 
 def test_watershed_by_component_equals_the_whole_image_flood(monkeypatch):
+    """Equal on these untied values (see watershed_in_mask for ties)."""
     truth = _edge_touching_crowd()
     probs = _three_class(truth, blur=1.5)
     args = dict(seed_threshold=0.5, **EVAL)
