@@ -169,11 +169,15 @@ def _run_tiles(
 ):
     """tiles (n, h, w, 3) -> outputs (n, ...) as numpy, in calls of batch_sizes(n, batch).
     flip: each output averaged over the tile's four flips; transpose: and over its
-    transpose's. Every call is dispatched before the first result is read back."""
+    transpose's. Each call's outputs are read back before the next call, so that no two
+    calls' buffers are alive at once (memory: one batch)."""
     apply = functools.partial(_apply_tta, transpose=transpose) if flip else _apply
     starts = np.cumsum([0, *batch_sizes(len(tiles), batch)])
-    outs = [apply(spec.module, variables, tiles[a:b]) for a, b in itertools.pairwise(starts)]
-    return jax.tree.map(lambda *x: np.concatenate(x), *jax.device_get(outs))
+    outs = [
+        jax.device_get(apply(spec.module, variables, tiles[a:b]))
+        for a, b in itertools.pairwise(starts)
+    ]
+    return jax.tree.map(lambda *x: np.concatenate(x), *outs)
 
 
 def _tiles(rows, cols):
