@@ -16,8 +16,9 @@ histology, from the data set's `modality` feature) and one row per image; on req
 (`run(num_figures=N)`, the trainer's TensorBoard images) the outline figures of its first N
 images, truth beside prediction.
 
-Evaluation is host-driven on one device, identical on every process (each holds the
-replicated parameters); only process 0 writes what it returns.
+Instance evaluators post-process each image while the network runs on the next
+(whole_image.segment_images). Evaluation is host-driven on one device, identical on every
+process (each holds the replicated parameters); only process 0 writes what it returns.
 """
 
 from __future__ import annotations
