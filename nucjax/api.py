@@ -8,8 +8,9 @@
       ...                                      # files and folders, with a progress bar
 
 `image`: a 2-D numpy array, grey (H, W), (H, W, 1), grey + alpha, RGB or RGBA; uint8, uint16,
-float or bool; any size (tiled). The steps are nucjax.predict's (check_image, to_rgb, segment),
-so an image gives the same labels here as in `nucjax predict`. No TensorFlow is imported.
+float or bool; any size (tiled). The steps are nucjax.predict's (image_io.check_image, to_rgb,
+predict.segment), so an image gives the same labels here as in `nucjax predict`. No TensorFlow
+is imported.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from absl import logging
 
-from nucjax import predict, reporting, workdir
+from nucjax import image_io, predict, reporting, workdir
 from nucjax.data.images import to_rgb
 
 
@@ -75,13 +76,13 @@ class Model:
         labels: (H, W) int32, 0 background, 1..N one id per nucleus.
         info: "scores" (N,) float32 per-nucleus confidence (nucleus k: scores[k - 1]),
         "num_nuclei" N, "foreground" (H, W) float32 probability, "scale", "seconds".
-        Raises predict.UnsupportedImageError (a ValueError) for an array that is not one
+        Raises image_io.UnsupportedImageError (a ValueError) for an array that is not one
         2-D image.
         """
         if isinstance(image, str | os.PathLike):
-            raw = predict.read_image(os.fspath(image))
+            raw = image_io.read_image(os.fspath(image))
         else:
-            raw = predict.check_image(image, "image")
+            raw = image_io.check_image(image, "image")
         return self._segment(raw)
 
     def segment_many(
@@ -91,7 +92,7 @@ class Model:
         with a progress bar. A file that is not a usable image is skipped with a warning."""
         if isinstance(paths, str | os.PathLike):
             paths = [paths]
-        files, _, unusable = predict.gather_inputs([os.fspath(p) for p in paths])
+        files, _, unusable = image_io.gather_inputs([os.fspath(p) for p in paths])
         for item in unusable:  # broken links, subfolders
             logging.warning("skipped %s: %s", item["file"], item["reason"])
         bar = reporting.progress(len(files), "segment", "img")
@@ -99,8 +100,8 @@ class Model:
             for path in files:
                 bar.update()
                 try:
-                    raw = predict.read_image(path)
-                except predict.UnsupportedImageError as e:
+                    raw = image_io.read_image(path)
+                except image_io.UnsupportedImageError as e:
                     logging.warning("skipped %s", e)
                     continue
                 yield Result(path, *self._segment(raw))

@@ -16,12 +16,14 @@ histology, from the data set's `modality` feature) and one row per image; on req
 (`run(num_figures=N)`, the trainer's TensorBoard images) the outline figures of its first N
 images, truth beside prediction.
 
-Evaluation is host-driven on one device, identical on every process (each holds the
-replicated parameters); only process 0 writes what it returns.
+Instance evaluators post-process each image while the network runs on the next
+(whole_image.segment_images). Evaluation is host-driven on one device, identical on every
+process (each holds the replicated parameters); only process 0 writes what it returns.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
@@ -83,23 +85,39 @@ class Evaluator:
         total = data.num_examples(data_config, self.split)
         return min(total, self.max_images) if self.max_images > 0 else total
 
-    def _record(self, config, spec: ModelSpec, variables, image, label) -> tuple[dict, Any]:
-        """One image -> (metrics.image_record with timings in its row, the predicted label
-        (H, W) int32, or None for pixel evaluators)."""
-        x, ev = network_input(image, config.data.input_view), config.eval
-        if self.kind == "instance":
-            p = whole_image.segment_image(spec, variables, x, ev)
+    def _instance_records(
+        self, config, spec: ModelSpec, variables, pairs, shown: list, num_figures: int
+    ):
+        """(image (H, W, 3) uint8, label) pairs -> their metrics.image_records with timings in
+        the row, in order, through whole_image.segment_images (the network runs on the next
+        image while this one is post-processed). Appends the outline figures of the first
+        num_figures images to `shown`."""
+        waiting = collections.deque()
+
+        def images():
+            for image, label in pairs:
+                waiting.append((image, label))
+                yield network_input(image, config.data.input_view)
+
+        for p in whole_image.segment_images(spec, variables, images(), config.eval):
+            image, label = waiting.popleft()
             record = metrics.image_record(label, p.instances.label, p.foreground)
             record["row"].update(
                 predict_s=p.predict_s, postprocess_s=p.postprocess_s, scale=p.scale
             )
-            return record, p.instances.label
+            if len(shown) < num_figures:
+                shown.append(figures.outline_comparison(image, label, p.instances.label))
+            yield record
+
+    def _pixel_record(self, config, spec: ModelSpec, variables, image, label) -> dict:
+        """One image -> metrics.image_record of its foreground map, predict_s in its row."""
         t0 = time.perf_counter()
-        outputs = whole_image.predict_image(spec, variables, x, ev)
+        x = network_input(image, config.data.input_view)
+        outputs = whole_image.predict_image(spec, variables, x, config.eval)
         foreground = whole_image.foreground(spec, outputs, *label.shape)
         record = metrics.image_record(label, None, foreground)
         record["row"]["predict_s"] = time.perf_counter() - t0
-        return record, None
+        return record
 
     def run(
         self,
@@ -116,14 +134,16 @@ class Evaluator:
         figures.outline_comparison of its first num_figures images, (H, 2 W + 4, 3) uint8.
         """
         shown: list[np.ndarray] = []
+        if self.kind == "instance":
 
-        def record(image, label):
-            result, predicted = self._record(config, spec, variables, image, label)
-            if predicted is not None and len(shown) < num_figures:
-                shown.append(figures.outline_comparison(image, label, predicted))
-            return result
+            def records_of(pairs):
+                return self._instance_records(config, spec, variables, pairs, shown, num_figures)
+        else:
 
-        result = self.score(config.data, record, show_progress=show_progress)
+            def records_of(pairs):
+                return (self._pixel_record(config, spec, variables, *pair) for pair in pairs)
+
+        result = self.score_all(config.data, records_of, show_progress=show_progress)
         return {**result, "figures": shown} if shown else result
 
     def score(self, data_config, record: Callable, *, show_progress: bool = False) -> dict:
@@ -133,16 +153,31 @@ class Evaluator:
         set metrics}, "images": one row per image (id, modality, size, metrics, seconds),
         "seconds"}.
         """
+
+        def records_of(pairs):
+            return (record(image, label) for image, label in pairs)
+
+        return self.score_all(data_config, records_of, show_progress=show_progress)
+
+    def score_all(self, data_config, records_of: Callable, *, show_progress: bool = False) -> dict:
+        """score, for a segmenter that takes the images as a stream: records_of(iterator of
+        (image (H, W, 3) uint8, label) pairs) -> iterator of their image_records, in order
+        (it may read ahead)."""
         total = self.num_images(data_config)
         bar = reporting.progress(total, self.name, "img") if show_progress else None
-        records, t0 = [], time.perf_counter()
-        for image_id, image, label, modality in labelled_images(
-            data_config, self.split, self.max_images
-        ):
-            row = {"id": image_id, "modality": modality, "height": label.shape[0]}
-            result = record(image, label)
+        rows, records, t0 = [], [], time.perf_counter()
+
+        def pairs():
+            for image_id, image, label, modality in labelled_images(
+                data_config, self.split, self.max_images
+            ):
+                h, w = label.shape
+                rows.append({"id": image_id, "modality": modality, "height": h, "width": w})
+                yield image, label
+
+        for result in records_of(pairs()):
             sums = metrics.additive_sums(result)
-            result["row"] = {**row, "width": label.shape[1], **result["row"], "sums": sums}
+            result["row"] = {**rows[len(records)], **result["row"], "sums": sums}
             records.append(result)
             if bar is not None:
                 bar.update()

@@ -20,6 +20,60 @@ _CROSS = ndimage.generate_binary_structure(2, 1)  # 4-connectivity
 _SQUARE = ndimage.generate_binary_structure(2, 2)  # 8-connectivity
 # Holes up to this area (px) are filled; DSB nuclei have a median area of ~300 px.
 MAX_HOLE_SIZE = 100
+# Above this many pixels the watershed floods one mask component at a time (on its bounding
+# box; watershed_in_mask): a whole-image flood of a 2048 x 2048 image spends 0.75 s of CPU
+# against 0.27 s by component, while at 1024 x 1024 the whole image takes 0.03 s against
+# 0.08 s (Python's cost per component). BUILD_NOTES, "Prediction speed".
+WATERSHED_BY_COMPONENT_PIXELS = 1 << 21
+
+
+def _component_boxes(components: np.ndarray):
+    """(H, W) ids 0..n -> (slices, (h, w) bool mask of the component) per id 1..n, each box
+    grown by one pixel where the image allows (so it holds background around the component)."""
+    h, w = components.shape
+    for i, (ys, xs) in enumerate(ndimage.find_objects(components), 1):
+        box = (
+            slice(max(ys.start - 1, 0), min(ys.stop + 1, h)),
+            slice(max(xs.start - 1, 0), min(xs.stop + 1, w)),
+        )
+        yield box, components[box] == i
+
+
+def h_maxima_by_component(distance: np.ndarray, components: np.ndarray, h: float) -> np.ndarray:
+    """skimage.morphology.h_maxima(distance, h) & (components > 0), computed per component.
+
+    distance: (H, W) float >= 0, 0 on background; components: (H, W) ids of the 8-connected
+    components of distance > 0. A reconstruction by dilation never crosses background (its
+    value is the image minimum, 0), so each component is its own problem; each box is padded
+    with one pixel of background so that it holds the image minimum as the whole image does.
+    Small sorts instead of one of every pixel: 2-4x faster at 1024-2048 px. Returns bool.
+    """
+    peaks = np.zeros(distance.shape, bool)
+    for box, inside in _component_boxes(components):
+        local = np.pad(np.where(inside, distance[box], 0.0), 1)
+        found = morphology.h_maxima(local, h)[1:-1, 1:-1].astype(bool)
+        peaks[box] |= found & inside
+    return peaks
+
+
+def watershed_in_mask(image: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """skimage watershed(image, markers, mask=mask) (4-connected flooding); images over
+    WATERSHED_BY_COMPONENT_PIXELS are flooded one 4-connected mask component at a time (a
+    flood never leaves its component). That gives the same labels except where seeds tie:
+    skimage queues all seeds at age 0, so between seeds of equal value the heap's layout,
+    which holds the whole image's seeds or one component's, decides which floods a tied
+    pixel first (in the 2048 x 2048 binary benchmark, 296 of 4.2 M pixels; no pixel of the
+    three-class one, whose values rarely tie). Returns (H, W) int32."""
+    if mask.size <= WATERSHED_BY_COMPONENT_PIXELS:
+        return watershed(image, markers, mask=mask).astype(np.int32)
+    components, _ = ndimage.label(mask, _CROSS)
+    label = np.zeros(mask.shape, np.int32)
+    for box, inside in _component_boxes(components):
+        seeds = np.where(inside, markers[box], 0)
+        if seeds.any():
+            flooded = watershed(image[box], seeds, mask=inside)
+            label[box] = np.where(inside, flooded, label[box])
+    return label
 
 
 def relabel_sequential(label: np.ndarray) -> np.ndarray:
@@ -143,7 +197,7 @@ def instances_from_three_class(
     mask = foreground_prob > foreground_threshold
     seeds = (interior > seed_threshold) & (interior > border) & mask
     markers, _ = ndimage.label(seeds, _CROSS)
-    label = watershed(border - interior, markers, mask=mask)
+    label = watershed_in_mask(border - interior, markers, mask)
     label = _seedless_components(label, mask)
     return _instances(clean_instances(label, min_size, fill_holes, max_hole_size), foreground_prob)
 
@@ -176,7 +230,7 @@ def instances_from_binary(
     if n == 0:
         return _instances(np.zeros(mask.shape, np.int32), fg_prob)
     distance = ndimage.distance_transform_edt(mask)
-    peak_mask = morphology.h_maxima(distance, seed_depth).astype(bool) & mask
+    peak_mask = h_maxima_by_component(distance, components, seed_depth)
     # Every component gets a seed: those shallower than seed_depth use their deepest pixel.
     seeded = np.zeros(n + 1, bool)
     seeded[components[peak_mask]] = True
@@ -185,5 +239,5 @@ def instances_from_binary(
         spots = ndimage.maximum_position(distance, components, missing)
         peak_mask[tuple(np.array(spots).T)] = True
     markers, _ = ndimage.label(peak_mask, _SQUARE)
-    label = watershed(-distance, markers, mask=mask)
+    label = watershed_in_mask(-distance, markers, mask)
     return _instances(clean_instances(label, min_size, fill_holes, max_hole_size), fg_prob)

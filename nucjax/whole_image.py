@@ -4,8 +4,10 @@
 
 The one tiling definition that evaluation (trainer and --mode=evaluate alike) and predict use.
 Images are never cropped (nor resized, unless `nucleus_area` below asks). An image is
-zero-padded at the bottom and right to a multiple of the model's stride (zero is the mean
-after per-image normalisation, and how training pads small images). When it is larger than
+zero-padded at the bottom and right to a multiple of the model's stride, and a side that one
+tile holds to that tile's length (below; zero is the mean after per-image normalisation, and
+how training pads small images: the extra zeros change a deep network's outputs a little
+near the bottom and right edges, as any padding does). When it is larger than
 the tile, it is cut into overlapping tiles whose corners lie on the stride grid, and every
 output pixel is taken from the one tile that holds it farthest from a tile edge ("keep the
 centre"): the overlap is split halfway.
@@ -21,12 +23,15 @@ How tile outputs are joined depends on the spec's `tiling` (nucjax.models.spec.T
   tile that keeps it, and the partial detections of the tiles that cut it are all dropped:
   their box centres lie within overlap / 2 of a tile edge, outside that tile's region.
   Post-processing then pastes the kept masks into one label image (higher scores first).
-  Detector tiles always have one of a fixed set of shapes, so new image sizes never
-  recompile: an image side up to the tile is zero-padded to the smallest bucket of
-  tile / 4, tile / 2 and tile (rounded up to the stride) that holds it; a longer side is cut
-  into full tiles. Tiles run `batch_size` at a time, or one at a time when an image has fewer:
-  at most 2 x 9 compiled shapes per model.
-Whatever the tiling, every tile's cost and memory is that of one tile, whatever the image size.
+Tile shapes come from a fixed set, so new image sizes do not recompile (tile_side): each
+tile side is a multiple of tile_size / 8 (rounded up to the stride) up to tile_size, the one
+that puts the fewest pixels through the network: a side one tile holds is zero-padded to that
+tile, a longer side is cut into tiles of the length that covers it with the least overlap
+(a 1024 px side: one 1024 tile; 2048 px: three of 768, not three of 1024 or five of 512).
+Tiles run up to 4 at a time, fewer when the call would hold more than BATCH_PIXELS pixels
+(predict_image), and the remainder one at a time: no padding tiles, two batch shapes per tile
+shape.
+Whatever the tiling, every call's memory is that of one batch of tiles, whatever the image size.
 
 Two inference-time options of config.eval, for "pixels" tilings only (others ignore them):
 - `flip_tta`: each tile is also predicted flipped left-right, up-down and both; the outputs
@@ -44,9 +49,11 @@ Two inference-time options of config.eval, for "pixels" tilings only (others ign
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import itertools
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -58,6 +65,9 @@ from nucjax.models.spec import Instances, ModelSpec
 
 # A rescale closer to 1 than this is not worth a second pass.
 _SCALE_TOLERANCE = 0.1
+# At most this many pixels (tiles x their flips) go through the network in one call: four
+# 512 x 512 tiles, about 1.1 GB peak for a U-Net on a CPU (BUILD_NOTES, "Measured figures").
+BATCH_PIXELS = 4 * 512 * 512
 
 
 @functools.partial(jax.jit, static_argnames="module")
@@ -107,51 +117,67 @@ def tile_layout(extent: int, tile: int, overlap: int, stride: int) -> list[tuple
     return [(s, lo, hi) for s, lo, hi in zip(starts, bounds[:-1], bounds[1:], strict=True)]
 
 
-def padded_extent(extent: int, stride: int, tile: int, buckets: bool) -> int:
-    """The length an image side of `extent` pixels is zero-padded to before tiling.
+def tile_side(extent: int, stride: int, tile: int, overlap: int) -> int:
+    """The tile length along an image side of `extent` pixels.
 
-    tile is a multiple of stride. Without buckets: extent rounded up to the stride. With
-    buckets, a side up to the tile is padded to the smallest of tile / 4, tile / 2 and tile
-    (each rounded up to the stride) that holds it, so that few tile shapes ever occur.
+    tile: the largest tile, a multiple of stride. Candidates are the multiples of tile / 8
+    (rounded up to the stride) up to tile, and tile itself; the one chosen runs the fewest
+    pixels through the network along this side: one tile padded to its length when it holds
+    the stride-padded side, else len(tile_layout) tiles of it. Ties go to the longer tile
+    (fewer seams). So an image has at most 8 x 8 tile shapes, whatever its size.
     """
     padded = round_to_stride(extent, stride)
-    if not buckets or padded > tile:
-        return padded
-    sizes = sorted({round_to_stride(max(1, tile // k), stride) for k in (4, 2, 1)})
-    return next(size for size in sizes if size >= padded)
+    step = round_to_stride(max(1, tile // 8), stride)
+    best_side, best_cost = tile, None  # none fits: tile_layout names the bad overlap
+    for side in sorted({*range(step, tile, step), tile}, reverse=True):
+        if padded <= side:
+            cost = side
+        elif (side - overlap) // stride * stride >= stride:
+            cost = side * len(tile_layout(padded, side, overlap, stride))
+        else:
+            continue
+        if best_cost is None or cost < best_cost:
+            best_side, best_cost = side, cost
+    return best_side
 
 
-def tile_grid(
-    height: int, width: int, stride: int, tile_size: int, overlap: int, buckets: bool = False
-):
-    """The tiles of an image: (rows, cols) tile_layouts of its padded extents (padded_extent;
-    the padded image is (rows[-1][2], cols[-1][2])), and the tile shape (th, tw). tile_size is
-    rounded down to a multiple of the stride."""
+def tile_grid(height: int, width: int, stride: int, tile_size: int, overlap: int):
+    """The tiles of an image: (rows, cols) tile_layouts of its padded extents (the padded
+    image is (rows[-1][2], cols[-1][2])), and the tile shape (th, tw) (tile_side). tile_size
+    is rounded down to a multiple of the stride. A side that one tile holds is zero-padded to
+    that tile's length; a longer one is padded to the stride and cut into tiles."""
     tile = int(tile_size) // stride * stride
     if tile < stride:
         raise ValueError(f"tile_size={tile_size} is smaller than the model's stride {stride}")
-    hp, wp = (padded_extent(n, stride, tile, buckets) for n in (height, width))
-    rows = tile_layout(hp, tile, overlap, stride)
-    cols = tile_layout(wp, tile, overlap, stride)
-    return rows, cols, (min(tile, hp), min(tile, wp))
+    sides = [tile_side(n, stride, tile, overlap) for n in (height, width)]
+    rows, cols = (
+        tile_layout(max(side, round_to_stride(n, stride)), side, overlap, stride)
+        for n, side in zip((height, width), sides, strict=True)
+    )
+    return rows, cols, tuple(sides)
+
+
+def batch_sizes(num_tiles: int, tiles_per_batch: int) -> list[int]:
+    """How many tiles each network call runs: full batches of tiles_per_batch, the rest one at
+    a time (no padding tiles computed for nothing; two batch shapes per tile shape)."""
+    full, rest = divmod(num_tiles, max(1, tiles_per_batch))
+    return [tiles_per_batch] * full + [1] * rest
 
 
 def _run_tiles(
-    spec: ModelSpec, variables, tiles: np.ndarray, batch_size: int, flip: bool, transpose: bool
+    spec: ModelSpec, variables, tiles: np.ndarray, batch: int, flip: bool, transpose: bool
 ):
-    """tiles (n, h, w, 3) -> outputs (n, ...) as numpy, batch_size tiles at a time (one at a
-    time when n < batch_size), so at most two batch shapes compile per tile shape. flip: each
-    output averaged over the tile's four flips; transpose: and over its transpose's."""
-    batch = batch_size if len(tiles) >= batch_size else 1
-    pad = -len(tiles) % batch
-    if pad:
-        tiles = np.concatenate([tiles, np.zeros((pad, *tiles.shape[1:]), tiles.dtype)])
+    """tiles (n, h, w, 3) -> outputs (n, ...) as numpy, in calls of batch_sizes(n, batch).
+    flip: each output averaged over the tile's four flips; transpose: and over its
+    transpose's. Each call's outputs are read back before the next call, so that no two
+    calls' buffers are alive at once (memory: one batch)."""
     apply = functools.partial(_apply_tta, transpose=transpose) if flip else _apply
+    starts = np.cumsum([0, *batch_sizes(len(tiles), batch)])
     outs = [
-        jax.device_get(apply(spec.module, variables, tiles[i : i + batch]))
-        for i in range(0, len(tiles), batch)
+        jax.device_get(apply(spec.module, variables, tiles[a:b]))
+        for a, b in itertools.pairwise(starts)
     ]
-    return jax.tree.map(lambda *x: np.concatenate(x)[: len(tiles) - pad], *outs)
+    return jax.tree.map(lambda *x: np.concatenate(x), *outs)
 
 
 def _tiles(rows, cols):
@@ -197,15 +223,22 @@ def merge_detections(outputs: dict, rows, cols, h: int, w: int) -> dict:
 
 
 def predict_image(
-    spec: ModelSpec, variables, image: np.ndarray, eval_config, *, batch_size: int = 4
+    spec: ModelSpec,
+    variables,
+    image: np.ndarray,
+    eval_config,
+    *,
+    batch_size: int = 4,
+    batch_pixels: int = BATCH_PIXELS,
 ) -> Any:
     """Model outputs of one whole normalised image, from overlapping tiles (module docstring).
 
     image: (H, W, 3) float32 (nucjax.data.images.network_input), any H, W >= 1.
     eval_config: config.eval; reads tile_size, tile_overlap, flip_tta and transpose_tta.
-    Tiles are at most tile_size (rounded down to the stride) and overlap by tile_overlap
-    pixels; they run batch_size at a time (times four flips with flip_tta, eight with
-    transpose_tta too, averaged).
+    Tiles are at most tile_size (rounded down to the stride; tile_grid) and overlap by
+    tile_overlap pixels; they run up to batch_size at a time, fewer when that would put more
+    than batch_pixels pixels through the network in one call (counting the four flips of
+    flip_tta, eight with transpose_tta too, which are averaged); see batch_sizes.
     spec.tiling "pixels": returns (H, W, C) float32 numpy (logits for semantic models).
     "detections": returns merge_detections' dict: the kept detections (K, ...) in image
     pixels and the (H, W) foreground map (flip_tta is ignored: detections are no per-pixel
@@ -216,15 +249,15 @@ def predict_image(
         raise ValueError(f"expected a normalised (H, W, 3) image, got shape {image.shape}")
     h, w = image.shape[:2]
     ev, detections = eval_config, spec.tiling == "detections"
-    rows, cols, (th, tw) = tile_grid(
-        h, w, spec.stride, ev.tile_size, ev.tile_overlap, buckets=detections
-    )
+    rows, cols, (th, tw) = tile_grid(h, w, spec.stride, ev.tile_size, ev.tile_overlap)
     padded = np.pad(image, ((0, rows[-1][2] - h), (0, cols[-1][2] - w), (0, 0)))
     tiles = np.stack(
         [padded[y : y + th, x : x + tw] for (y, _, _), (x, _, _) in _tiles(rows, cols)]
     )
-    tta = bool(ev.flip_tta) and not detections
-    outs = _run_tiles(spec, variables, tiles, batch_size, tta, bool(ev.transpose_tta))
+    tta, transpose = bool(ev.flip_tta) and not detections, bool(ev.transpose_tta)
+    views = (8 if transpose else 4) if tta else 1
+    batch = min(batch_size, max(1, batch_pixels // (th * tw * views)))
+    outs = _run_tiles(spec, variables, tiles, batch, tta, transpose)
     if detections:
         return merge_detections(outs, rows, cols, h, w)
     return _stitch(outs, rows, cols)[:h, :w]
@@ -298,20 +331,22 @@ def foreground(spec: ModelSpec, outputs, h: int, w: int) -> np.ndarray:
     return np.asarray(spec.foreground(batched), np.float32)[0, :h, :w]
 
 
-def segment_image(spec: ModelSpec, variables, image: np.ndarray, eval_config) -> ImagePrediction:
-    """predict_image, the foreground map and spec.postprocess of one normalised (H, W, 3) image.
-
-    eval_config: config.eval (tiling, flip_tta, nucleus_area, min_scale, max_scale; the
-    post-processing reads the config.eval the spec was built from). With nucleus_area > 0 and
-    a "pixels" tiling, a second pass at rescale_factor runs when the first finds nuclei (see the
-    module docstring); outputs, foreground and instances are then the second pass's, at (H, W).
-    """
-    h, w = image.shape[:2]
+def _first_pass(spec: ModelSpec, variables, image: np.ndarray, eval_config) -> tuple[Any, float]:
+    """(predict_image's outputs, its wall-clock seconds)."""
     t0 = time.perf_counter()
     outputs = predict_image(spec, variables, image, eval_config)
+    return outputs, time.perf_counter() - t0
+
+
+def _decode(
+    spec: ModelSpec, variables, image: np.ndarray, eval_config, outputs, predict_s: float
+) -> ImagePrediction:
+    """segment_image after its first network pass: post-processing, the nucleus_area second
+    pass when asked, the foreground map."""
+    h, w = image.shape[:2]
     t1 = time.perf_counter()
     nuclei = instances(spec, outputs, h, w)
-    predict_s, postprocess_s = t1 - t0, time.perf_counter() - t1
+    postprocess_s = time.perf_counter() - t1
     scale = rescale_factor(spec, nuclei.label, eval_config)
     if scale != 1.0:
         t0 = time.perf_counter()
@@ -325,17 +360,52 @@ def segment_image(spec: ModelSpec, variables, image: np.ndarray, eval_config) ->
     return ImagePrediction(outputs, fg, nuclei, predict_s, postprocess_s, scale)
 
 
+def segment_image(spec: ModelSpec, variables, image: np.ndarray, eval_config) -> ImagePrediction:
+    """predict_image, the foreground map and spec.postprocess of one normalised (H, W, 3) image.
+
+    eval_config: config.eval (tiling, flip_tta, nucleus_area, min_scale, max_scale; the
+    post-processing reads the config.eval the spec was built from). With nucleus_area > 0 and
+    a "pixels" tiling, a second pass at rescale_factor runs when the first finds nuclei (see the
+    module docstring); outputs, foreground and instances are then the second pass's, at (H, W).
+    """
+    first = _first_pass(spec, variables, image, eval_config)
+    return _decode(spec, variables, image, eval_config, *first)
+
+
+def segment_images(
+    spec: ModelSpec, variables, images: Iterable[np.ndarray], eval_config
+) -> Iterator[ImagePrediction]:
+    """segment_image of every (H, W, 3) image of `images`, in order, pipelined: image i is
+    post-processed on a worker thread while the network runs on image i + 1 (XLA computes
+    outside the GIL; JAX dispatch is thread-safe), so a run of images costs about their network
+    time plus one post-processing. `images` is read one ahead of what has been yielded. Each
+    prediction's timings are its own stages' wall-clock seconds, which may overlap another's.
+    """
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="postprocess") as pool:
+        pending = None
+        for image in images:
+            first = _first_pass(spec, variables, image, eval_config)
+            done = pending
+            pending = pool.submit(_decode, spec, variables, image, eval_config, *first)
+            if done is not None:
+                yield done.result()
+        if pending is not None:
+            yield pending.result()
+
+
 __all__ = [
     "ImagePrediction",
+    "batch_sizes",
     "foreground",
     "instances",
     "merge_detections",
-    "padded_extent",
     "predict_image",
     "predict_rescaled",
     "rescale_factor",
     "round_to_stride",
     "segment_image",
+    "segment_images",
     "tile_grid",
     "tile_layout",
+    "tile_side",
 ]

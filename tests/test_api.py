@@ -13,7 +13,7 @@ import tifffile
 from PIL import Image
 
 import nucjax
-from nucjax import bundle, configs, predict, workdir
+from nucjax import bundle, configs, image_io, predict, workdir
 from nucjax.data import synthetic
 from tests.conftest import REPO
 from tests.trained import threshold_workdir
@@ -89,9 +89,9 @@ def test_segment_many_yields_each_image_in_order_and_skips_bad_files(trained, tm
 
 def test_segment_rejects_what_is_not_one_image(trained):
     model = nucjax.load(trained[1])
-    with pytest.raises(predict.UnsupportedImageError, match=r"image: a 4-D array"):
+    with pytest.raises(image_io.UnsupportedImageError, match=r"image: a 4-D array"):
         model.segment(np.zeros((2, 3, 16, 16), np.uint16))
-    with pytest.raises(predict.UnsupportedImageError, match="image: 4x16 pixels"):
+    with pytest.raises(image_io.UnsupportedImageError, match="image: 4x16 pixels"):
         model.segment(np.zeros((4, 16), np.uint8))
 
 

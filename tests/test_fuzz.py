@@ -1,7 +1,7 @@
 """Fuzzing the readers of untrusted files: damaged bytes give nucjax's named errors, never raw ones.
 
 Seeded and bounded (a fixed number of mutants, a few seconds in all): the image readers
-(predict.read_image, dsb2018_readers.decode_png, the zip and CSV readers) get truncated,
+(image_io.read_image, dsb2018_readers.decode_png, the zip and CSV readers) get truncated,
 bit-flipped, spliced and random versions of small valid files, and the RLE parser gets mutated
 and random strings. Each input must either read as what the reader promises or raise the
 reader's own error (UnsupportedImageError, Dsb2018Error, RleError) with a message; any other
@@ -16,7 +16,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from nucjax import predict
+from nucjax import image_io
 from nucjax.data import dsb2018_readers, rle
 from nucjax.data.dsb2018_readers import Dsb2018Error
 
@@ -84,7 +84,7 @@ def mutate(rng: np.random.Generator, good: bytes) -> bytes:
 
 def _check_image(array: np.ndarray) -> None:
     """What read_image promises: (H, W) or (H, W, 1..4), at least MIN_SIDE, finite numbers."""
-    assert array.ndim in (2, 3) and min(array.shape[:2]) >= predict.MIN_SIDE
+    assert array.ndim in (2, 3) and min(array.shape[:2]) >= image_io.MIN_SIDE
     assert array.ndim == 2 or 1 <= array.shape[2] <= 4
     assert array.dtype.kind in "biuf"
     assert array.dtype.kind != "f" or np.isfinite(array).all()
@@ -94,14 +94,14 @@ def test_read_image_on_damaged_files(tmp_path):
     rng = np.random.default_rng(SEED)
     seeds = _seeds()
     for name, good in seeds.items():  # the seeds themselves read
-        _check_image(predict.read_image(str(_write(tmp_path / name, good))))
+        _check_image(image_io.read_image(str(_write(tmp_path / name, good))))
     outcomes = {"read": 0, "refused": 0}
     for i in range(400):
         name = list(seeds)[i % len(seeds)]
         path = _write(tmp_path / f"{i}_{name}", mutate(rng, seeds[name]))
         try:
-            array = predict.read_image(str(path))
-        except predict.UnsupportedImageError as err:
+            array = image_io.read_image(str(path))
+        except image_io.UnsupportedImageError as err:
             assert str(err).startswith(f"{path.name}: "), (i, str(err))
             outcomes["refused"] += 1
             continue
@@ -125,8 +125,9 @@ def test_tiff_declaring_gigapixels_is_refused_before_reading(tmp_path):
         size = 2 if int(dtype) == 3 else 4
         data[offset : offset + size] = (60000).to_bytes(size, "little")
     path.write_bytes(data)
-    with pytest.raises(predict.UnsupportedImageError, match=r"huge.tif: declares \(60000, 60000\)"):
-        predict.read_image(str(path))
+    huge = r"huge.tif: declares \(60000, 60000\)"
+    with pytest.raises(image_io.UnsupportedImageError, match=huge):
+        image_io.read_image(str(path))
 
 
 def _write(path, data: bytes):

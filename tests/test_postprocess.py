@@ -178,3 +178,44 @@ def test_only_small_holes_are_filled(kind):
     instances = _decode(kind, truth)
     assert instances.label[50, 50] == 0  # the enclosed background stays background
     assert instances.label[10, 12] > 0  # the small hole is filled
+
+
+def _edge_touching_crowd():
+    """Crowded random discs with some cut by every image edge (a 128 px crop of 160 px)."""
+    return _crowded_discs(np.random.default_rng(3), size=160, count=40)[16:144, :128]
+
+
+def test_h_maxima_by_component_equals_the_whole_image_h_maxima():
+    """Also for components at the image edge, where the distance rises to the edge: without
+    the box's background margin such a component's h_maxima would find no peak."""
+    from skimage import morphology
+
+    mask = _edge_touching_crowd() > 0
+    mask[:, 126:] = True  # a 2 px strip along the right edge: distance 1..2 against the edge
+    mask[:, 124:126] = False
+    distance = ndimage.distance_transform_edt(mask)
+    components, _ = ndimage.label(mask, np.ones((3, 3)))
+    for h in (1.0, 2.0, 3.5):
+        want = morphology.h_maxima(distance, h).astype(bool) & mask
+        got = postprocess.h_maxima_by_component(distance, components, h)
+        assert want.any() and (h > 2 or want[:, 127].all())
+        np.testing.assert_array_equal(got, want)
+
+
+def test_watershed_by_component_equals_the_whole_image_flood(monkeypatch):
+    """Equal on these untied values (see watershed_in_mask for ties)."""
+    truth = _edge_touching_crowd()
+    probs = _three_class(truth, blur=1.5)
+    args = dict(seed_threshold=0.5, **EVAL)
+    whole = postprocess.instances_from_three_class(probs, **args)
+    monkeypatch.setattr(postprocess, "WATERSHED_BY_COMPONENT_PIXELS", 0)
+    by_component = postprocess.instances_from_three_class(probs, **args)
+    assert whole.label.max() > 20
+    np.testing.assert_array_equal(by_component.label, whole.label)
+    np.testing.assert_array_equal(by_component.scores, whole.scores)
+    binary = postprocess.instances_from_binary(_binary(truth), seed_depth=2.0, **EVAL)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(
+        binary.label,
+        postprocess.instances_from_binary(_binary(truth), seed_depth=2.0, **EVAL).label,
+    )

@@ -15,7 +15,7 @@ import tifffile
 from PIL import Image
 
 from configs import unet
-from nucjax import outputs, predict, whole_image, workdir
+from nucjax import image_io, outputs, predict, whole_image, workdir
 from nucjax.data import rle, synthetic
 from nucjax.data.images import network_input, to_rgb
 from tests.conftest import REPO
@@ -70,7 +70,7 @@ def _segment(model, pixels):
 
 def _expected(model, root, name):
     """The label the model gives for an input file, computed here from its pixels."""
-    return _segment(model, predict.read_image(str(root / "in" / name)))
+    return _segment(model, image_io.read_image(str(root / "in" / name)))
 
 
 def test_summary_counts_processed_and_skipped(run):
@@ -129,10 +129,10 @@ def test_label_tiff_round_trips_and_submission_decodes(run):
 
 def test_16_bit_and_channel_first_inputs_read_as_images(run):
     _, root, _, _ = run
-    deep = predict.read_image(str(root / "in" / "deep.tif"))
+    deep = image_io.read_image(str(root / "in" / "deep.tif"))
     assert deep.dtype == np.uint16 and deep.shape == (150, 97)
-    assert predict.read_image(str(root / "in" / "planar.tiff")).shape == (40, 50, 3)
-    assert predict.read_image(str(root / "in" / "rgba.png")).shape == (48, 40, 4)
+    assert image_io.read_image(str(root / "in" / "planar.tiff")).shape == (40, 50, 3)
+    assert image_io.read_image(str(root / "in" / "rgba.png")).shape == (48, 40, 4)
 
 
 def test_figure_is_written(run):
@@ -232,7 +232,7 @@ def test_broken_links_and_subfolders_are_reported(tmp_path, run, caplog):
     shutil.copy(root / "in" / "grey.png", folder / "more" / "deeper.png")
     os.symlink(tmp_path / "gone.png", folder / "link.png")
     (folder / ".hidden.png").write_bytes(b"")
-    files, ignored, unusable = predict.gather_inputs([str(folder)])
+    files, ignored, unusable = image_io.gather_inputs([str(folder)])
     assert (files, ignored) == ([str(folder / "grey.png")], [])
     assert [(os.path.basename(u["file"]), u["reason"].split(":")[0]) for u in unusable] == [
         ("link.png", "link.png"),
@@ -246,7 +246,7 @@ def test_broken_links_and_subfolders_are_reported(tmp_path, run, caplog):
     assert sum("link.png" in r.getMessage() for r in caplog.records) == 1
     assert sum("more: a folder" in r.getMessage() for r in caplog.records) == 1
     with pytest.raises(FileNotFoundError, match="link.png is a broken symbolic link"):
-        predict.gather_inputs([str(folder / "link.png")])
+        image_io.gather_inputs([str(folder / "link.png")])
 
 
 def test_predict_split_writes_a_submission(tmp_path, run):
@@ -283,7 +283,7 @@ def test_stacks_are_segmented_plane_by_plane(tmp_path, run):
     with tifffile.TiffWriter(tmp_path / "in" / "three.tif") as tif:  # pages, no shape metadata
         for plane in planes:
             tif.write(plane, metadata=None)
-    assert predict.read_planes(str(tmp_path / "in" / "three.tif")).axis == "I"  # never RGB
+    assert image_io.read_planes(str(tmp_path / "in" / "three.tif")).axis == "I"  # never RGB
     out = tmp_path / "out"
     summary = predict.predict_folder(model, [str(tmp_path / "in")], str(out), rois=True)
     assert summary["processed"] == 2 and not summary["skipped_files"]
@@ -334,7 +334,7 @@ def test_channel_picks_the_nuclear_stain(tmp_path, run):
     label = tifffile.imread(tmp_path / "b" / "two_labels.tif")
     np.testing.assert_array_equal(label, _segment(model, nuclei).instances.label)
     assert label.max() > 1
-    with pytest.raises(predict.UnsupportedImageError, match="channels 0..1"):
-        predict.read_planes(str(path), channel=2)
-    grey = predict.read_planes(str(tmp_path / "b" / "two_labels.tif"), channel=1)  # one channel
+    with pytest.raises(image_io.UnsupportedImageError, match="channels 0..1"):
+        image_io.read_planes(str(path), channel=2)
+    grey = image_io.read_planes(str(tmp_path / "b" / "two_labels.tif"), channel=1)  # one channel
     np.testing.assert_array_equal(grey.pixels[0], label)

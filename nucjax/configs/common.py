@@ -90,7 +90,10 @@ def get_config() -> ml_collections.ConfigDict:
     ev.summary_images = 3
     # Whole-image prediction and instance post-processing (nucjax.whole_image,
     # nucjax.postprocess), shared by evaluation and predict.
-    ev.tile_size = 512  # whole images are predicted in overlapping tiles of this size
+    # Whole images are predicted in overlapping tiles of at most this size (whole_image.tile_side
+    # picks the length): a 1024 x 1024 image is one tile, and a call holds at most
+    # whole_image.BATCH_PIXELS pixels, so memory stays that of four 512 x 512 tiles.
+    ev.tile_size = 1024
     ev.tile_overlap = 64
     ev.flip_tta = False  # average each tile's logits over its 4 flips (per-pixel models only)
     ev.transpose_tta = False  # with flip_tta: and over the transposed tile's 4 flips (8 in all)

@@ -71,6 +71,10 @@ def get_config(arg=None):
     ev.nms_threshold = 0.5
     ev.max_detections = 500
     ev.mask_threshold = 0.5
+    # Detections per tile are capped (test_top_k, max_detections): a 1024 tile of crowded
+    # nuclei would hit the caps (BUILD_NOTES, "Known limits": even 512 does), so detectors keep
+    # 512 px tiles where the per-pixel networks take 1024 (configs/common.py).
+    ev.tile_size = 512
 
     config.optim.name = "sgd"
     config.optim.learning_rate = 0.01

@@ -298,12 +298,13 @@ def test_input_scale_runs_the_network_on_a_larger_image_and_answers_in_input_pix
 
 def test_whole_images_of_new_sizes_reuse_the_compiled_tile_shapes():
     """Tiled whole-image inference: 64 x 64 tiles (the tiny config's tile_size), one at a time
-    for images of one tile and four at a time otherwise, so four image sizes compile twice."""
+    for images of one tile, four at a time otherwise and the rest one at a time, so four image
+    sizes compile twice."""
     config = tiny_config()
     spec, variables = random_model(config, seed=3)
     before = whole_image._apply._cache_size()
     for (h, w), tiles in (((40, 50), 1), ((64, 33), 1), ((100, 70), 6), ((150, 97), 12)):
-        rows, cols, shape = whole_image.tile_grid(h, w, 32, 64, 16, buckets=True)
+        rows, cols, shape = whole_image.tile_grid(h, w, 32, 64, 16)
         assert (len(rows) * len(cols), shape) == (tiles, (64, 64))
         image, _ = synthetic_image((h, w), seed=h)
         p = whole_image.segment_image(spec, variables, image, config.eval)
