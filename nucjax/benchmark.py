@@ -276,7 +276,7 @@ def _paper(row: dict, key: str) -> str:
 
 
 def _model(training: dict | None) -> str:
-    """"1.23M params, 2,594 of 3,600 steps": the network nucjax trained, whatever the paper's
+    """ "1.23M params, 2,594 of 3,600 steps": the network nucjax trained, whatever the paper's
     name for it (a `:best` ResNet is not the paper's ResNet-152)."""
     if training is None:
         return "-"
