@@ -8,7 +8,13 @@ step: each op below at the shapes where the paper U-Net (16 channels at full res
 ResNet-50 (256 channels at 1/4) use it, differentiated with respect to its input (and its
 weights, where it has any) through the loss sum(y * y). JAX runs jitted, TensorFlow as a
 tf.function with its default (oneDNN) kernels; one call of each in turn, so load from other
-jobs hits both alike. Prints one JSON line per op: jax_median_s, tf_median_s, ratio.
+jobs hits both alike. Prints one JSON line per op: each side's median and JAX's time over
+TF's (the median of the per-round ratios). --jax_options adds JAX compiled with other XLA
+options, in the same rounds.
+maxpool2x2_unet is flax's nn.max_pool (a reduce-window), maxpool2x2_reshape_unet the form
+nucjax's U-Net uses (nucjax.models.layers.max_pool2x2). XLA_FLAGS from the environment reach
+the JAX side, e.g. --xla_cpu_experimental_ynn_fusion_type=individual_convolution sends the
+convolutions to YNNPACK (runtime.configure then adds none of its own).
 """
 
 from __future__ import annotations
@@ -29,10 +35,18 @@ import nucjax.runtime  # noqa: E402
 
 nucjax.runtime.configure()
 
+from experiments.nucjax_steps import parse_options  # noqa: E402
+
 flags.DEFINE_integer("size", 128, "input size of the U-Net shapes (ResNet's are size / 4)")
 flags.DEFINE_integer("batch", 4, "batch")
 flags.DEFINE_integer("steps", 10, "timed calls after the compiling one")
 flags.DEFINE_list("ops", [], "ops to time (default all)")
+flags.DEFINE_multi_string(
+    "jax_options",
+    [],
+    "also time JAX compiled with these XLA options, 'name=value[ name=value]' (as in "
+    "bench_vs_keras.py); repeat the flag for several variants",
+)
 FLAGS = flags.FLAGS
 
 
@@ -42,6 +56,8 @@ def ops(size: int) -> dict:
     import jax.numpy as jnp
     import tensorflow as tf
     from flax import linen as nn
+
+    from nucjax.models.layers import max_pool2x2
 
     def jax_conv(x, w):
         return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
@@ -88,6 +104,12 @@ def ops(size: int) -> dict:
             lambda x, w: tf.nn.max_pool2d(x, 2, 2, "VALID"),
             None,
         ),
+        "maxpool2x2_reshape_unet": (  # nucjax.models.layers.max_pool2x2: reshape + max
+            (s, s, 16),
+            lambda x, w: max_pool2x2(x),
+            lambda x, w: tf.nn.max_pool2d(x, 2, 2, "VALID"),
+            None,
+        ),
         "elu_unet": ((s, s, 16), lambda x, w: jax.nn.elu(x), lambda x, w: tf.nn.elu(x), None),
         "concat_unet": (
             (s, s, 16),
@@ -103,14 +125,15 @@ def ops(size: int) -> dict:
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def jax_runner(fn, x, w):
+def jax_runner(fn, x, w, compiler_options=None):
     import jax
     import jax.numpy as jnp
 
     if fn.__name__ == "jax_upconv":  # its kernel is (Cin, 2, 2, F); TF's (2, 2, F, Cin)
         w = jnp.transpose(w, (3, 0, 1, 2))
     grad = jax.jit(jax.grad(lambda x, w: jnp.sum(fn(x, w) ** 2), argnums=(0, 1)))
-    return lambda: jax.block_until_ready(grad(x, w))
+    compiled = grad.lower(x, w).compile(compiler_options=compiler_options)
+    return lambda: jax.block_until_ready(compiled(x, w))
 
 
 def tf_runner(fn, x, w):
@@ -118,7 +141,7 @@ def tf_runner(fn, x, w):
 
     x, w = tf.constant(x), tf.constant(w)
 
-    @tf.function
+    @tf.function(autograph=False)
     def grad(x, w):
         with tf.GradientTape() as tape:
             tape.watch([x, w])
@@ -136,6 +159,8 @@ def time_op(name: str, spec) -> dict:
     x = rng.normal(size=(FLAGS.batch, *shape)).astype(np.float32)
     w = rng.normal(size=w_shape or (1,)).astype(np.float32) * 0.1
     runs = {"jax": jax_runner(jax_fn, x, w), "tf": tf_runner(tf_fn, x, w)}
+    for text in FLAGS.jax_options:
+        runs[f"jax[{text}]"] = jax_runner(jax_fn, x, w, parse_options(text))
     times = {k: [] for k in runs}
     for _ in range(FLAGS.steps + 1):
         for k, run in runs.items():
@@ -143,13 +168,15 @@ def time_op(name: str, spec) -> dict:
             run()
             times[k].append(time.perf_counter() - t)
     median = {k: statistics.median(v[1:]) for k, v in times.items()}
-    return {
-        "op": name,
-        "input": [FLAGS.batch, *shape],
-        "jax_median_s": float(f"{median['jax']:.4g}"),
-        "tf_median_s": float(f"{median['tf']:.4g}"),
-        "ratio": float(f"{median['jax'] / median['tf']:.4g}"),
-    }
+    record = {"op": name, "input": [FLAGS.batch, *shape]}
+    for k in runs:
+        record[f"{k}_median_s"] = float(f"{median[k]:.4g}")
+        if k != "tf":  # the median of the rounds' own ratios: load changes between rounds
+            paired = statistics.median(
+                a / b for a, b in zip(times[k][1:], times["tf"][1:], strict=True)
+            )
+            record[f"{k}_over_tf"] = float(f"{paired:.4g}")
+    return record
 
 
 def main(argv):
@@ -158,6 +185,8 @@ def main(argv):
     for name in FLAGS.ops or table:
         if name not in table:
             raise ValueError(f"--ops: unknown op {name!r}; choose from {', '.join(table)}")
+    for text in FLAGS.jax_options:
+        parse_options(text)
     for name in FLAGS.ops or table:
         print(json.dumps(time_op(name, table[name])), flush=True)
 

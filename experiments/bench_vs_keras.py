@@ -29,7 +29,8 @@ TensorFlow is imported, and reports what TF says it used. XLA_FLAGS from the env
 reach the JAX side (runtime.configure adds its CPU convolution flag unless one is given).
 
 Prints one JSON line per net: net, jax_median_s, keras_median_s, ratio (nucjax / Keras), then
-the rest. Paper sizes on a 2-core CPU: a ResNet-152 step takes ~50-100 s a side.
+ratio_paired (the median of the rounds' own ratios, robust to load that changes between
+rounds) and the rest. Paper sizes on a 2-core CPU: a ResNet-152 step takes ~50-100 s a side.
 """
 
 from __future__ import annotations
@@ -52,7 +53,13 @@ import nucjax.runtime  # noqa: E402
 
 nucjax.runtime.configure()  # rbg PRNG and the CPU convolution flag, as in training
 
-from experiments.nucjax_steps import NETS, jax_side, net_config, synthetic_batch  # noqa: E402
+from experiments.nucjax_steps import (  # noqa: E402
+    NETS,
+    jax_side,
+    net_config,
+    parse_options,
+    synthetic_batch,
+)
 
 SGEMM_SIZE = 4096
 
@@ -108,22 +115,10 @@ def interleave(runs: dict, rounds: int) -> dict[str, list[float]]:
     return times
 
 
-def parse_options(text: str) -> dict[str, bool | int | str]:
-    """--jax_options "a=true b=3 c=X" -> {"a": True, "b": 3, "c": "X"}: XLA's compile options
-    take booleans and integers as such, enums and lists as strings."""
-    pairs = [item.partition("=") for item in text.split()]
-    if not pairs or any(not name or not eq for name, eq, _ in pairs):
-        raise ValueError(f"--jax_options={text!r}: give name=value pairs separated by spaces")
-    return {name.removeprefix("--"): _option_value(value) for name, _, value in pairs}
-
-
-def _option_value(text: str) -> bool | int | str:
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    try:
-        return int(text)
-    except ValueError:
-        return text
+def paired(a: list[float], b: list[float]) -> float:
+    """Median over the timed rounds of a[i] / b[i]: steps of one round ran under the same
+    load, so this ratio shrugs off load that changes between rounds."""
+    return statistics.median(x / y for x, y in zip(a[1:], b[1:], strict=True))
 
 
 def summary(net: str, config, times: dict, params: dict, flops: float, environment: dict):
@@ -137,11 +132,12 @@ def summary(net: str, config, times: dict, params: dict, flops: float, environme
         "jax_median_s": median["jax"],
         "keras_median_s": median["keras"],
         "ratio": median["jax"] / median["keras"],
+        "ratio_paired": paired(times["jax"], times["keras"]),
     }
     for k in sides[2:]:
         record[f"{k}_median_s"] = median[k]
-        record[f"jax_over_{k}"] = median["jax"] / median[k]
-        record[f"{k}_over_keras"] = median[k] / median["keras"]
+        record[f"{k}_over_jax_paired"] = paired(times[k], times["jax"])
+        record[f"{k}_over_keras_paired"] = paired(times[k], times["keras"])
     for k in sides:
         record[f"{k}_first_s"] = times[k][0]
         record[f"{k}_min_s"] = min(times[k][1:])

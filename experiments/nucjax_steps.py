@@ -68,3 +68,21 @@ def jax_side(config, host, compiler_options: dict | None = None):
         jax.block_until_ready(sums)
 
     return run, params, holder
+
+
+def parse_options(text: str) -> dict[str, bool | int | str]:
+    """--jax_options "a=true b=3 c=X" -> {"a": True, "b": 3, "c": "X"}: XLA's compile options
+    take booleans and integers as such, enums and lists as strings."""
+    pairs = [item.partition("=") for item in text.split()]
+    if not pairs or any(not name or not eq for name, eq, _ in pairs):
+        raise ValueError(f"--jax_options={text!r}: give name=value pairs separated by spaces")
+    return {name.removeprefix("--"): _option_value(value) for name, _, value in pairs}
+
+
+def _option_value(text: str) -> bool | int | str:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return int(text)
+    except ValueError:
+        return text
