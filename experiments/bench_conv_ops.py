@@ -11,10 +11,11 @@ tf.function with its default (oneDNN) kernels; one call of each in turn, so load
 jobs hits both alike. Prints one JSON line per op: each side's median and JAX's time over
 TF's (the median of the per-round ratios). --jax_options adds JAX compiled with other XLA
 options, in the same rounds.
-maxpool2x2_unet is flax's nn.max_pool (a reduce-window), maxpool2x2_reshape_unet the form
-nucjax's U-Net uses (nucjax.models.layers.max_pool2x2). XLA_FLAGS from the environment reach
-the JAX side, e.g. --xla_cpu_experimental_ynn_fusion_type=individual_convolution sends the
-convolutions to YNNPACK (runtime.configure then adds none of its own).
+maxpool2x2_unet is flax's nn.max_pool (a reduce-window), as nucjax's U-Net uses it;
+maxpool2x2_reshape_unet the same values as a reshape + max (ties aside, the same gradient).
+XLA_FLAGS from the environment reach the JAX side, e.g.
+--xla_cpu_experimental_ynn_fusion_type=individual_convolution sends the convolutions to
+YNNPACK (runtime.configure then adds none of its own).
 """
 
 from __future__ import annotations
@@ -57,8 +58,6 @@ def ops(size: int) -> dict:
     import tensorflow as tf
     from flax import linen as nn
 
-    from nucjax.models.layers import max_pool2x2
-
     def jax_conv(x, w):
         return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
 
@@ -69,6 +68,10 @@ def ops(size: int) -> dict:
     def tf_bn(x, w):
         mean, var = tf.nn.moments(x, [0, 1, 2])
         return tf.nn.batch_normalization(x, mean, var, w[1], w[0], 1e-5)
+
+    def jax_max_pool_reshape(x, w):  # 2x2 blocks by a reshape; the gradient is a mask
+        b, h, wd, c = x.shape
+        return jnp.max(x.reshape(b, h // 2, 2, wd // 2, 2, c), axis=(2, 4))
 
     def jax_upconv(x, w):  # nucjax.models.layers.UpConv2x2; w: (Cin, 2, 2, F)
         b, h, wd, _ = x.shape
@@ -104,9 +107,9 @@ def ops(size: int) -> dict:
             lambda x, w: tf.nn.max_pool2d(x, 2, 2, "VALID"),
             None,
         ),
-        "maxpool2x2_reshape_unet": (  # nucjax.models.layers.max_pool2x2: reshape + max
+        "maxpool2x2_reshape_unet": (
             (s, s, 16),
-            lambda x, w: max_pool2x2(x),
+            jax_max_pool_reshape,
             lambda x, w: tf.nn.max_pool2d(x, 2, 2, "VALID"),
             None,
         ),

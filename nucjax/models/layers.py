@@ -73,22 +73,6 @@ class UpConv2x2(nn.Module):
         return y.reshape(b, 2 * h, 2 * w, self.features) + bias
 
 
-def max_pool2x2(x: jax.Array) -> jax.Array:
-    """(B, H, W, C), H and W even -> (B, H/2, W/2, C): the maximum of each 2x2 block.
-
-    The values of nn.max_pool(x, (2, 2), strides=(2, 2)), written as a reshape and a max so
-    that the gradient is an elementwise mask: XLA:CPU ran nn.max_pool's reduce-window forward
-    and backward 18x slower than TensorFlow's MaxPool at the U-Net's first level, this form
-    (experiments/bench_conv_ops.py, BUILD_NOTES "Where nucjax's CPU time goes"). The
-    gradient is the same where a block's maximum is unique; a tie shares it equally among
-    the tied pixels (nn.max_pool gives it all to one).
-    """
-    b, h, w, c = x.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"max_pool2x2 takes even heights and widths; got {tuple(x.shape)}")
-    return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
-
-
 def upsample2(x: jax.Array) -> jax.Array:
     """(B, H, W, C) -> (B, 2H, 2W, C), nearest neighbour (a broadcast, no gather)."""
     b, h, w, c = x.shape
@@ -133,6 +117,5 @@ __all__ = [
     "batch_norm",
     "caffe_adapter",
     "check_image_shape",
-    "max_pool2x2",
     "upsample2",
 ]

@@ -13,13 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from nucjax.models import semantic
-from nucjax.models.layers import (
-    KERAS_BN_MOMENTUM,
-    UpConv2x2,
-    activation,
-    batch_norm,
-    max_pool2x2,
-)
+from nucjax.models.layers import KERAS_BN_MOMENTUM, UpConv2x2, activation, batch_norm
 
 
 class ConvBlock(nn.Module):
@@ -74,7 +68,7 @@ class UNet(nn.Module):
             x = block(level, x, f"down_{level}")
             skips.append(x)
             if level < self.depth - 1:
-                x = max_pool2x2(x)
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
         for level in reversed(range(self.depth - 1)):
             x = UpConv2x2(self.base_features * 2**level, name=f"upsample_{level}")(x)
             x = block(level, jnp.concatenate([x, skips[level]], axis=-1), f"up_{level}")

@@ -4,7 +4,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from nucjax.models import layers
 
@@ -23,26 +22,6 @@ def test_upconv2x2_equals_conv_transpose_with_the_flipped_kernel():
     got = up.apply(variables, x)
     assert got.shape == want.shape == (2, 10, 14, 4)
     np.testing.assert_allclose(got, want, atol=1e-5)
-
-
-def test_max_pool2x2_equals_flax_max_pool_with_its_gradient():
-    x = jax.random.normal(jax.random.key(0), (2, 6, 8, 3))  # no ties
-    reference = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
-    np.testing.assert_array_equal(layers.max_pool2x2(x), reference(x))
-    weights = jax.random.normal(jax.random.key(1), (2, 3, 4, 3))
-    grad = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * weights))(x)
-    np.testing.assert_array_equal(grad(layers.max_pool2x2), grad(reference))
-    # by hand: one block, maximum 5 at (1, 0): the gradient goes there alone
-    block = jnp.array([[1.0, 2.0], [5.0, -3.0]])[None, :, :, None]
-    assert float(layers.max_pool2x2(block)[0, 0, 0, 0]) == 5.0
-    np.testing.assert_array_equal(
-        jax.grad(lambda x: layers.max_pool2x2(x).sum())(block)[0, :, :, 0], [[0, 0], [1, 0]]
-    )
-
-
-def test_max_pool2x2_refuses_odd_sizes():
-    with pytest.raises(ValueError, match="even heights and widths"):
-        layers.max_pool2x2(jnp.zeros((1, 5, 4, 1)))
 
 
 def test_upsample2_is_nearest_neighbour():
