@@ -92,7 +92,7 @@ def keras_side(config, host, jit_compile: bool):
 
 
 def sgemm_side():
-    """One float32 SGEMM_SIZE^2 matmul in numpy (this CPU's BLAS ceiling); run() -> flops."""
+    """run() does one float32 SGEMM_SIZE^2 matmul in numpy: this CPU's BLAS ceiling."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -172,7 +172,7 @@ def bench_net(net: str, environment: dict) -> dict:
         name = f"jax[{text}]"
         runs[name], params[name], _ = jax_side(config, host, parse_options(text))
     if len(set(params.values())) != 1:
-        raise ValueError(f"{net}: the two sides are not the same network: parameters {params}")
+        raise ValueError(f"{net}: the sides are not the same network: parameters {params}")
     runs["sgemm"] = sgemm_side()
     print(f"{net}: {params['jax']:,} parameters and statistics on every side", flush=True)
     times = interleave(runs, FLAGS.steps + 1)
