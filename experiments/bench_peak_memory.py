@@ -28,6 +28,8 @@ import nucjax.runtime  # noqa: E402
 
 nucjax.runtime.configure()  # rbg PRNG and CPU flags, as in training
 
+from experiments.nucjax_steps import inference_model  # noqa: E402
+
 config_flags.DEFINE_config_file("config", None, "config file", lock_config=True)
 flags.DEFINE_string("workdir", None, "a trained run's workdir (its latest checkpoint)")
 flags.DEFINE_integer("size", 2048, "side of the square image, pixels")
@@ -56,21 +58,13 @@ def main(argv):
     import jax
     import numpy as np
 
-    from nucjax import models, whole_image, workdir
+    from nucjax import whole_image
     from nucjax.data import synthetic
     from nucjax.data.images import network_input
 
-    if FLAGS.workdir:
-        model = workdir.load(FLAGS.workdir, FLAGS.config)
-        config, spec, variables = model.config, model.spec, model.variables
-        weights = f"trained, step {model.step} of {FLAGS.workdir}"
-    elif FLAGS.config:
-        config, spec = FLAGS.config, models.build(FLAGS.config)
-        key = jax.random.PRNGKey(0)
-        variables = jax.jit(lambda k: spec.init_variables(k, config.data.crop_size))(key)
-        weights = "freshly initialised"
-    else:
+    if not (FLAGS.workdir or FLAGS.config):
         raise app.UsageError("give --workdir (a trained run) or --config")
+    config, spec, variables, weights = inference_model(FLAGS.workdir, FLAGS.config)
     ev, size, side = config.eval, FLAGS.size, FLAGS.mosaic or FLAGS.size
     raw, _ = synthetic.synthetic_example(np.random.default_rng(side), side, False)
     unit = network_input(raw, config.data.input_view)

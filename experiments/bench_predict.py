@@ -32,6 +32,8 @@ import nucjax.runtime  # noqa: E402
 
 nucjax.runtime.configure()  # rbg PRNG and CPU flags, as in training
 
+from experiments.nucjax_steps import inference_model  # noqa: E402
+
 config_flags.DEFINE_config_file("config", None, "config file", lock_config=True)
 flags.DEFINE_string("workdir", None, "a trained run's workdir (its latest checkpoint)")
 flags.DEFINE_string("sizes", "256,1024,2048", "comma-separated square image sizes")
@@ -46,22 +48,15 @@ def main(argv):
     import jax
     import numpy as np
 
-    from nucjax import models, outputs, whole_image, workdir
+    from nucjax import outputs, whole_image
     from nucjax.data import synthetic
     from nucjax.data.images import network_input
 
-    if FLAGS.workdir:
-        model = workdir.load(FLAGS.workdir, FLAGS.config)
-        config, spec, variables = model.config, model.spec, model.variables
-        weights = f"trained, step {model.step} of {FLAGS.workdir}"
-    elif FLAGS.config:
-        print("no --workdir: timing FRESHLY INITIALISED weights (post-processing unrepresentative)")
-        config, spec = FLAGS.config, models.build(FLAGS.config)
-        key = jax.random.PRNGKey(0)
-        variables = jax.jit(lambda k: spec.init_variables(k, config.data.crop_size))(key)
-        weights = "freshly initialised"
-    else:
+    if not (FLAGS.workdir or FLAGS.config):
         raise app.UsageError("give --workdir (a trained run) or --config")
+    config, spec, variables, weights = inference_model(FLAGS.workdir, FLAGS.config)
+    if not FLAGS.workdir:
+        print("no --workdir: timing FRESHLY INITIALISED weights (post-processing unrepresentative)")
     ev = config.eval
     if FLAGS.tile_size:
         ev = ev.copy_and_resolve_references()

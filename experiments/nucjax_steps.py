@@ -1,5 +1,7 @@
-"""nucjax's side of experiments/bench_vs_keras.py and experiments/profile_train_step.py: the
-trainer's own train step for a paper network, on a synthetic host batch.
+"""What the benchmark scripts share: nucjax's side of experiments/bench_vs_keras.py and
+experiments/profile_train_step.py (the trainer's own train step for a paper network, on a
+synthetic host batch), and the model that bench_predict.py and bench_peak_memory.py segment
+with (`inference_model`).
 
 No import-time side effects: the entry scripts choose the process settings
 (nucjax.runtime.configure, XLA_FLAGS) before this module imports jax.
@@ -86,3 +88,19 @@ def _option_value(text: str) -> bool | int | str:
         return int(text)
     except ValueError:
         return text
+
+
+def inference_model(workdir: str | None, config):
+    """(config, spec, variables, weights) of a trained workdir's latest checkpoint, or else of
+    `config` with freshly initialised weights; weights: a line saying which."""
+    import jax
+
+    from nucjax import models
+    from nucjax import workdir as workdirs
+
+    if workdir:
+        model = workdirs.load(workdir, config)
+        return model.config, model.spec, model.variables, f"trained, step {model.step} of {workdir}"
+    spec = models.build(config)
+    init = jax.jit(lambda k: spec.init_variables(k, config.data.crop_size))
+    return config, spec, init(jax.random.PRNGKey(0)), "freshly initialised"
