@@ -7,6 +7,7 @@ import pytest
 from configs import simple_cnn
 from nucjax import budget, checkpoint, train
 from nucjax.data import pipeline
+from tests.test_train import Interrupt, _interrupting
 
 
 class FakeTime:
@@ -47,17 +48,6 @@ class BatchClock:
         for batch in iterator:
             self.batches += 1
             yield batch
-
-
-class Interrupt(Exception):
-    pass
-
-
-def _interrupting(iterator, after: int):
-    for i, batch in enumerate(iterator):
-        if i == after:
-            raise Interrupt
-        yield batch
 
 
 def _config():
