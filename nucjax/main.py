@@ -246,6 +246,24 @@ def main(argv):
         sys.exit(preemption.EXIT_CODE)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a misspelt --config.FIELD override as one line, not the
+    KeyError/AttributeError traceback ml_collections raises for it."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as e:
+        # "'name'", or "'name'\nDid you mean "train" instead of "name"?" (ml_collections)
+        while e.args and isinstance(e.args[0], BaseException):  # AttributeError(KeyError(...))
+            e = e.args[0]
+        name, _, hint = str(e.args[0] if e.args else e).partition("\n")
+        name = name.strip("\"'")
+        for arg in argv[1:]:
+            flag = arg.split("=", 1)[0]
+            if flag.startswith("--config.") and name in flag.split("."):
+                sys.exit(f"nucjax: {flag}: the config has no field {name!r}. {hint}".rstrip())
+        raise
+
+
 def console() -> None:
     """The `nucjax` console command: `nucjax MODE ARGS` runs `--mode=MODE ARGS`."""
     if len(sys.argv) > 1 and sys.argv[1] in MODES:
@@ -254,7 +272,7 @@ def console() -> None:
     sys.modules["__main__"].__doc__ = __doc__
     for flag in FLAGS.get_key_flags_for_module(__name__):
         FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

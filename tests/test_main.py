@@ -57,6 +57,16 @@ def test_config_error_is_one_line_and_exit_code_1(tmp_path):
     assert not os.path.exists(tmp_path / "checkpoints")  # refused before anything was built
 
 
+def test_misspelt_config_field_is_one_line_naming_it(tmp_path):
+    done = _run(TINY, f"--workdir={tmp_path}", "--config.train.max_minute=3")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert _nucjax_lines(done.stderr) == [
+        "nucjax: --config.train.max_minute: the config has no field 'max_minute'. "
+        'Did you mean "max_minutes" instead of "max_minute"?'
+    ], done.stderr[-2000:]
+
+
 def test_damaged_dataset_build_is_one_line_and_exit_code_1(tmp_path):
     """A flipped byte in a built DSB record file (a fake set built here, never the real one):
     one line naming the file and how to rebuild, not a DataLossError traceback."""
