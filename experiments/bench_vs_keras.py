@@ -11,11 +11,13 @@ device JAX sees); the Keras side is its twin (experiments/keras_nets.py: same la
 parameter count, checked; same loss and optimizer) in a tf.function GradientTape step.
 
 Each round runs one JAX step, one Keras step (one Keras+XLA step with --keras_xla) and one
-numpy float32 4096^2 matmul, so that load from other jobs on a shared machine hits every side
-alike. Round 0 compiles (reported apart as *_first_s; for JAX, lowering + compilation + the
-first step); medians are over rounds 1..steps. FLOPs per step come from XLA's cost analysis of
-nucjax's compiled step, and the same count divides both sides' median times; the sgemm
-ceiling is the median GFLOP/s of the interleaved matmuls.
+float32 4096^2 matmul in numpy and one in TensorFlow, so that load from other jobs on a shared
+machine hits every side alike. Round 0 compiles (reported apart as *_first_s; for JAX,
+lowering + compilation + the first step); medians are over rounds 1..steps. FLOPs per step
+come from XLA's cost analysis of nucjax's compiled step, and the same count divides both
+sides' median times. Two matmul ceilings: sgemm_gflops is numpy's (its OpenBLAS picks the
+AVX2 'Haswell' kernel on this AVX-512 CPU, numpy_openblas_core), onednn_gemm_gflops is
+TensorFlow's oneDNN matmul, which runs AVX-512 code (experiments/bench_gemm_ceiling.py).
 
 XLA options, interleaved too: each --jax_options value adds a JAX side whose step is compiled
 with those XLA debug options (`Lowered.compile(compiler_options=...)`), so flags are compared
@@ -40,7 +42,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Before anything imports TensorFlow: Keras gets TF's default kernels, not the pipeline's.
@@ -55,8 +56,11 @@ nucjax.runtime.configure()  # rbg PRNG and the CPU convolution flag, as in train
 
 from experiments.nucjax_steps import (  # noqa: E402
     NETS,
+    interleave,
     jax_side,
+    matmul_sides,
     net_config,
+    openblas_core,
     parse_options,
     synthetic_batch,
 )
@@ -91,30 +95,6 @@ def keras_side(config, host, jit_compile: bool):
     return (lambda: step(*args).numpy()), model.count_params()
 
 
-def sgemm_side():
-    """run() does one float32 SGEMM_SIZE^2 matmul in numpy: this CPU's BLAS ceiling."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    a, b = (rng.normal(size=(SGEMM_SIZE, SGEMM_SIZE)).astype(np.float32) for _ in range(2))
-    a @ b  # BLAS threads start
-    return lambda: a @ b
-
-
-def interleave(runs: dict, rounds: int) -> dict[str, list[float]]:
-    """Seconds of each run, called in turn: runs[0], runs[1], ..., `rounds` times."""
-    times = {name: [] for name in runs}
-    for r in range(rounds):
-        for name, run in runs.items():
-            t = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - t)
-        print(
-            f"  round {r}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()), flush=True
-        )
-    return times
-
-
 def paired(a: list[float], b: list[float]) -> float:
     """Median over the timed rounds of a[i] / b[i]: steps of one round ran under the same
     load, so this ratio shrugs off load that changes between rounds."""
@@ -126,6 +106,7 @@ def summary(net: str, config, times: dict, params: dict, flops: float, environme
     other XLA options) add their median and its ratios to jax and keras."""
     median = {k: statistics.median(v[1:]) for k, v in times.items()}
     sgemm = 2 * SGEMM_SIZE**3 / median.pop("sgemm") / 1e9
+    onednn_gemm = 2 * SGEMM_SIZE**3 / median.pop("onednn_gemm") / 1e9
     sides = [k for k in median]
     record = {
         "net": net,
@@ -148,10 +129,12 @@ def summary(net: str, config, times: dict, params: dict, flops: float, environme
         params=params["jax"],
         step_gflop=flops / 1e9,
         sgemm_gflops=sgemm,
+        onednn_gemm_gflops=onednn_gemm,
     )
     for k in sides:
         record[f"{k}_gflops"] = flops / median[k] / 1e9
         record[f"{k}_of_sgemm"] = record[f"{k}_gflops"] / sgemm
+        record[f"{k}_of_onednn_gemm"] = record[f"{k}_gflops"] / onednn_gemm
     return {**{k: _rounded(v) for k, v in record.items()}, **environment}
 
 
@@ -173,7 +156,8 @@ def bench_net(net: str, environment: dict) -> dict:
         runs[name], params[name], _ = jax_side(config, host, parse_options(text))
     if len(set(params.values())) != 1:
         raise ValueError(f"{net}: the sides are not the same network: parameters {params}")
-    runs["sgemm"] = sgemm_side()
+    ceilings = matmul_sides(SGEMM_SIZE)
+    runs["sgemm"], runs["onednn_gemm"] = ceilings["numpy"], ceilings["tensorflow"]
     print(f"{net}: {params['jax']:,} parameters and statistics on every side", flush=True)
     times = interleave(runs, FLAGS.steps + 1)
     record = summary(net, config, times, params, jax_state["flops"], environment)
@@ -196,6 +180,7 @@ def environment() -> dict:
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
         "jax_devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
         "cpus": os.cpu_count(),
+        "numpy_openblas_core": openblas_core(),
     }
 
 

@@ -1,7 +1,8 @@
 """What the benchmark scripts share: nucjax's side of experiments/bench_vs_keras.py and
 experiments/profile_train_step.py (the trainer's own train step for a paper network, on a
-synthetic host batch), and the model that bench_predict.py and bench_peak_memory.py segment
-with (`inference_model`).
+synthetic host batch), the model that bench_predict.py and bench_peak_memory.py segment
+with (`inference_model`), and interleaved timing with the float32 matmul ceilings of numpy,
+TensorFlow and XLA (`interleave`, `matmul_sides`: bench_vs_keras.py, bench_gemm_ceiling.py).
 
 No import-time side effects: the entry scripts choose the process settings
 (nucjax.runtime.configure, XLA_FLAGS) before this module imports jax.
@@ -9,7 +10,11 @@ No import-time side effects: the entry scripts choose the process settings
 
 from __future__ import annotations
 
+import ctypes
+import glob
 import importlib
+import os
+import time
 
 # net -> (nucjax.configs module, its variant, config.model overrides)
 NETS = {
@@ -104,3 +109,63 @@ def inference_model(workdir: str | None, config):
     spec = models.build(config)
     init = jax.jit(lambda k: spec.init_variables(k, config.data.crop_size))
     return config, spec, init(jax.random.PRNGKey(0)), "freshly initialised"
+
+
+def interleave(runs: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds of each run, called in turn: runs[0], runs[1], ..., `rounds` times, so that
+    load from other jobs on a shared machine hits every side alike."""
+    times = {name: [] for name in runs}
+    for r in range(rounds):
+        for name, run in runs.items():
+            t = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t)
+        print(
+            f"  round {r}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()), flush=True
+        )
+    return times
+
+
+def matmul_sides(n: int, sides=("numpy", "tensorflow")) -> dict:
+    """side -> run(): one float32 (n, n) @ (n, n) in that library (2 n^3 FLOPs), warmed up.
+
+    numpy: its bundled OpenBLAS, with the kernel it picked for this CPU (openblas_core);
+    tensorflow: tf.linalg.matmul with TF's default CPU kernels (oneDNN, which generates code
+    for the CPU it finds, AVX-512 included); jax: XLA:CPU's dot under the process's XLA_FLAGS.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.normal(size=(n, n)).astype(np.float32) for _ in range(2))
+    runs = {}
+    if "numpy" in sides:
+        runs["numpy"] = lambda: a @ b
+    if "tensorflow" in sides:
+        import tensorflow as tf
+
+        ta, tb = tf.constant(a), tf.constant(b)
+        runs["tensorflow"] = lambda: tf.linalg.matmul(ta, tb).numpy()
+    if "jax" in sides:
+        import jax
+
+        ja, jb = jax.device_put(a), jax.device_put(b)
+        dot = jax.jit(lambda p, q: p @ q)
+        runs["jax"] = lambda: dot(ja, jb).block_until_ready()
+    for run in runs.values():
+        run()  # threads start, XLA compiles
+    return runs
+
+
+def openblas_core() -> str:
+    """The kernel numpy's bundled OpenBLAS chose for this CPU ('Haswell' = AVX2), or ''."""
+    import numpy as np
+
+    libs = glob.glob(os.path.join(os.path.dirname(np.__file__) + ".libs", "*openblas*"))
+    for path in libs:
+        lib = ctypes.CDLL(path)
+        for name in ("scipy_openblas_get_corename64_", "openblas_get_corename"):
+            if hasattr(lib, name):
+                getter = getattr(lib, name)
+                getter.restype = ctypes.c_char_p
+                return getter().decode()
+    return ""

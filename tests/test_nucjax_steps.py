@@ -35,3 +35,18 @@ def test_net_config_is_the_paper_config_with_overrides():
     assert (unet.data.crop_size, unet.train.batch_size, unet.optim.learning_rate) == (256, 16, 0.01)
     with pytest.raises(ValueError, match="unknown net 'vgg'"):
         nucjax_steps.net_config("vgg", 0, 0)
+
+
+def test_matmul_sides_agree_and_interleave_counts_rounds():
+    import numpy as np
+
+    runs = nucjax_steps.matmul_sides(64, ("numpy", "tensorflow", "jax"))
+    products = {k: np.asarray(run()) for k, run in runs.items()}
+    assert {k: p.shape for k, p in products.items()} == dict.fromkeys(runs, (64, 64))
+    np.testing.assert_allclose(products["tensorflow"], products["numpy"], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(products["jax"], products["numpy"], rtol=1e-4, atol=1e-3)
+    assert np.abs(products["numpy"]).max() > 1  # a real product of normal draws, not zeros
+    times = nucjax_steps.interleave(runs, 3)
+    assert {k: len(v) for k, v in times.items()} == dict.fromkeys(runs, 3)
+    assert all(t > 0 for v in times.values() for t in v)
+    assert isinstance(nucjax_steps.openblas_core(), str)
