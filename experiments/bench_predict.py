@@ -48,7 +48,7 @@ def main(argv):
     import jax
     import numpy as np
 
-    from nucjax import outputs, whole_image
+    from nucjax import outputs, tiling, whole_image
     from nucjax.data import synthetic
     from nucjax.data.images import network_input
 
@@ -71,7 +71,7 @@ def main(argv):
             p = whole_image.segment_image(spec, variables, image, ev)
             times.append((time.perf_counter() - start, p.predict_s, p.postprocess_s))
         first, rest = times[0], times[1:] or times[:1]
-        tile_rows, tile_cols, tile = whole_image.tile_grid(
+        tile_rows, tile_cols, tile = tiling.tile_grid(
             size, size, spec.stride, ev.tile_size, ev.tile_overlap
         )
         rows.append(

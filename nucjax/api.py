@@ -15,6 +15,7 @@ is imported.
 
 from __future__ import annotations
 
+import collections
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
@@ -32,6 +33,19 @@ class Result(NamedTuple):
     path: str
     labels: np.ndarray
     info: dict[str, Any]
+
+
+def _labels_and_info(prediction) -> tuple[np.ndarray, dict[str, Any]]:
+    """A whole_image.ImagePrediction -> segment's (labels, info)."""
+    nuclei = prediction.instances
+    info = {
+        "scores": nuclei.scores,  # (N,) float32: nucleus k's is scores[k - 1]
+        "num_nuclei": len(nuclei.scores),
+        "foreground": prediction.foreground,  # (H, W) float32 probability of nucleus
+        "scale": prediction.scale,  # config.eval.nucleus_area's resize (1.0: none)
+        "seconds": prediction.predict_s + prediction.postprocess_s,
+    }
+    return nuclei.label, info
 
 
 class Model:
@@ -57,18 +71,6 @@ class Model:
         name = self.config.model.name
         return f"nucjax.Model({name}, step {self.step}, from {self.source!r})"
 
-    def _segment(self, raw: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-        prediction = predict.segment(self.trained, to_rgb(raw))
-        nuclei = prediction.instances
-        info = {
-            "scores": nuclei.scores,  # (N,) float32: nucleus k's is scores[k - 1]
-            "num_nuclei": len(nuclei.scores),
-            "foreground": prediction.foreground,  # (H, W) float32 probability of nucleus
-            "scale": prediction.scale,  # config.eval.nucleus_area's resize (1.0: none)
-            "seconds": prediction.predict_s + prediction.postprocess_s,
-        }
-        return nuclei.label, info
-
     def segment(self, image: np.ndarray | str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
         """One image -> (labels, info).
 
@@ -83,20 +85,24 @@ class Model:
             raw = image_io.read_image(os.fspath(image))
         else:
             raw = image_io.check_image(image, "image")
-        return self._segment(raw)
+        return _labels_and_info(predict.segment(self.trained, to_rgb(raw)))
 
     def segment_many(
         self, paths: str | os.PathLike | Sequence[str | os.PathLike]
     ) -> Iterator[Result]:
         """Image files and folders of them (not recursive) -> a Result per image, in order,
-        with a progress bar. A file that is not a usable image is skipped with a warning."""
+        with a progress bar. A file that is not a usable image is skipped with a warning.
+        As in `nucjax predict` (predict.segment_each), the network runs on the next image
+        while this one is post-processed, so files are read one image ahead."""
         if isinstance(paths, str | os.PathLike):
             paths = [paths]
         files, _, unusable = image_io.gather_inputs([os.fspath(p) for p in paths])
         for item in unusable:  # broken links, subfolders
             logging.warning("skipped %s: %s", item["file"], item["reason"])
         bar = reporting.progress(len(files), "segment", "img")
-        try:
+        read = collections.deque()  # the paths of the images sent on, oldest first
+
+        def images():
             for path in files:
                 bar.update()
                 try:
@@ -104,7 +110,12 @@ class Model:
                 except image_io.UnsupportedImageError as e:
                     logging.warning("skipped %s", e)
                     continue
-                yield Result(path, *self._segment(raw))
+                read.append(path)
+                yield to_rgb(raw)
+
+        try:
+            for prediction in predict.segment_each(self.trained, images()):
+                yield Result(read.popleft(), *_labels_and_info(prediction))
         finally:
             bar.close()
 

@@ -1,7 +1,7 @@
 """Evaluators: one way to score a model on a split, used by the trainer and --mode=evaluate.
 
-  for ev in evaluators.for_training(config):       # the trainer, every eval_every_steps
-      result = ev.run(config, spec, variables)
+  evaluators.run_for_training(config, spec, variables, step, writer)   # the trainer, every
+      # eval_every_steps: each of for_training(config), scalars to metrics.jsonl, TensorBoard
   evaluators.for_split(config, "validation").run(config, spec, variables)   # evaluate mode
 
 Every evaluator runs whole images through the one tiling definition (nucjax.whole_image, with
@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from nucjax import data, figures, metrics, reporting, whole_image
 from nucjax.data.images import MODALITIES, network_input
@@ -217,6 +219,22 @@ def for_training(config) -> list[Evaluator]:
     return found + [Evaluator(ev.split, ev.split, "instance", ev.max_images)]
 
 
+def run_for_training(config, spec: ModelSpec, variables, step: int, writer) -> dict[str, dict]:
+    """Every evaluator of for_training at training step `step`; writes their scalars and the
+    figures of their first config.eval.summary_images images (truth beside prediction) to
+    writer (a nucjax.reporting.MetricWriter), returns {evaluator name: scalars}."""
+    results = {}
+    for evaluator in for_training(config):
+        result = evaluator.run(config, spec, variables, num_figures=config.eval.summary_images)
+        flat = scalars(result)
+        writer.write(step, f"eval_{evaluator.name}", flat)
+        writer.write_images(step, f"eval_{evaluator.name}/outlines", result.get("figures", []))
+        results[evaluator.name] = flat
+    shown = {n: {k: round(v, 4) for k, v in r.items() if "/" not in k} for n, r in results.items()}
+    logging.info("step %d evaluation: %s", step, json.dumps(shown))
+    return results
+
+
 def for_split(config, split: str | None = None) -> Evaluator:
     """What --mode=evaluate runs: every metric on every image of `split` (config.eval.split)."""
     split = split or config.eval.split
@@ -235,4 +253,11 @@ def scalars(result: dict) -> dict[str, float]:
     return {k: float(v) for k, v in flat.items()}
 
 
-__all__ = ["Evaluator", "for_split", "for_training", "labelled_images", "scalars"]
+__all__ = [
+    "Evaluator",
+    "for_split",
+    "for_training",
+    "labelled_images",
+    "run_for_training",
+    "scalars",
+]

@@ -41,7 +41,7 @@ import collections
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -82,22 +82,30 @@ def segment(model: workdirs.TrainedModel, rgb: np.ndarray) -> whole_image.ImageP
     return whole_image.segment_image(model.spec, model.variables, image, model.config.eval)
 
 
+def segment_each(
+    model: workdirs.TrainedModel, rgbs: Iterable[np.ndarray]
+) -> Iterator[whole_image.ImagePrediction]:
+    """segment of every (H, W, 3) uint8 image of `rgbs`, in order, through
+    whole_image.segment_images: the network runs on the next image while this one is
+    post-processed. `rgbs` is read one image ahead of what has been yielded."""
+    view = model.config.data.input_view
+    images = (network_input(rgb, view) for rgb in rgbs)
+    return whole_image.segment_images(model.spec, model.variables, images, model.config.eval)
+
+
 def _segmented(model, loaded: Iterator[tuple]) -> Iterator[tuple]:
     """(stem, source, Planes) items -> (stem, source, Planes, one prediction per plane), in
-    order, through whole_image.segment_images: the network runs on the next plane (of this
-    item or the next) while this one is post-processed. `loaded` is read one plane ahead."""
+    order, through segment_each: the network runs on the next plane (of this item or the
+    next) while this one is post-processed. `loaded` is read one plane ahead."""
     waiting = collections.deque()  # items whose planes went to the network, oldest first
 
     def planes():
         for item in loaded:
             waiting.append((item, []))
             for plane in item[2].pixels:
-                yield network_input(to_rgb(plane), model.config.data.input_view)
+                yield to_rgb(plane)
 
-    predictions = whole_image.segment_images(
-        model.spec, model.variables, planes(), model.config.eval
-    )
-    for prediction in predictions:
+    for prediction in segment_each(model, planes()):
         item, done = waiting[0]
         done.append(prediction)
         if len(done) == len(item[2].pixels):
@@ -309,4 +317,4 @@ def predict_split(
     )
 
 
-__all__ = ["WRITE_FAILED_EXIT_CODE", "predict_folder", "predict_split", "segment"]
+__all__ = ["WRITE_FAILED_EXIT_CODE", "predict_folder", "predict_split", "segment", "segment_each"]

@@ -16,6 +16,7 @@ same evaluators --mode=evaluate uses; its scalars go to metrics.jsonl and Tensor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -182,38 +183,14 @@ def total_steps(config, num_train_examples: int) -> int:
     return int(config.train.num_epochs * math.ceil(num_train_examples / config.train.batch_size))
 
 
-def _check_finite(step: int, scalars: dict[str, float], ckpt: checkpoint.Checkpointer) -> None:
-    bad = {k: v for k, v in scalars.items() if not math.isfinite(v)}
-    if bad:
-        ckpt.wait()
-        raise FloatingPointError(
-            f"non-finite training metrics by step {step}: {bad}. Training stopped; the last "
-            f"good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Try a lower "
-            "--config.optim.learning_rate or --config.optim.grad_clip_norm."
-        )
+@dataclasses.dataclass
+class _Progress:
+    """What the step loop has done so far; the summary reads it."""
 
-
-def first_device_variables(state: TrainState) -> dict[str, Any]:
-    """The replicated {"params", "batch_stats"} as arrays on this process's first device (what
-    evaluators and whole-image prediction take), without a copy through the host."""
-    return jax.tree.map(lambda x: x.addressable_shards[0].data, state.variables)
-
-
-def run_evaluators(config, spec: ModelSpec, state, step: int, writer) -> dict[str, dict]:
-    """Every evaluator of evaluators.for_training; writes their scalars and the figures of
-    their first config.eval.summary_images images (truth beside prediction), returns the
-    scalars."""
-    results = {}
-    variables = first_device_variables(state)
-    for evaluator in evaluators.for_training(config):
-        result = evaluator.run(config, spec, variables, num_figures=config.eval.summary_images)
-        scalars = evaluators.scalars(result)
-        writer.write(step, f"eval_{evaluator.name}", scalars)
-        writer.write_images(step, f"eval_{evaluator.name}/outlines", result.get("figures", []))
-        results[evaluator.name] = scalars
-    shown = {n: {k: round(v, 4) for k, v in r.items() if "/" not in k} for n, r in results.items()}
-    logging.info("step %d evaluation: %s", step, json.dumps(shown))
-    return results
+    last: int  # the last step run
+    pending: Any = None  # metric sums since the last log
+    results: dict = dataclasses.field(default_factory=dict)  # the latest evaluation's scalars
+    t_first: float | None = None  # perf_counter() once the first step (and compiling) finished
 
 
 class _Run:
@@ -232,9 +209,19 @@ class _Run:
             "nucjax: data prepared", lambda: data.num_examples(config.data, "train")
         )
         self.steps = total_steps(config, self.num_train)
+        per_epoch = math.ceil(self.num_train / config.train.batch_size)
+        self.eval_every = config.train.eval_every_steps or per_epoch
         self.tx = make_optimizer(self.spec, config, self.steps)
-        state = init_state(self.spec, self.tx, config, self.mesh)
-        self.meta = checkpoint.describe(config.model.name, state.params)
+        self._restore(config, workdir, init_state(self.spec, self.tx, config, self.mesh))
+        self.primary = jax.process_index() == 0
+        self.writer = reporting.MetricWriter(workdir, enabled=self.primary, start_step=self.start)
+        if self.primary:
+            workdirs.save_config(workdir, config)
+
+    def _restore(self, config, workdir: str, fresh: TrainState) -> None:
+        """Sets self.state to workdir's latest checkpoint (else `fresh`), self.start to its step
+        and self.train_seconds to the training seconds it had spent (nucjax.budget)."""
+        self.meta = checkpoint.describe(config.model.name, fresh.params)
         self.ckpt = checkpoint.Checkpointer(
             workdirs.checkpoint_dir(workdir),
             every_steps=config.train.checkpoint_every_steps,
@@ -244,20 +231,23 @@ class _Run:
             # Resuming under a config that builds another network (another input view,
             # activation, ...) would train on silently; the shape check below cannot see it.
             workdirs.resolve_config(workdir, config)
-        self.state, restored = self.ckpt.restore(state, self.meta)
+        self.state, restored = self.ckpt.restore(fresh, self.meta)
         self.start = int(jax.device_get(self.state.step))
-        # Training seconds the restored checkpoint had spent (nucjax.budget); 0 when fresh or
-        # written before the count existed.
+        # 0 when fresh or written before the count existed.
         self.train_seconds = 0.0
         if restored is not None:
             self.train_seconds = float(self.ckpt.saved_meta(restored).get("train_seconds", 0.0))
             logging.info("resuming from step %d of %d", self.start, self.steps)
-        self.primary = jax.process_index() == 0
-        self.writer = reporting.MetricWriter(workdir, enabled=self.primary, start_step=self.start)
-        if self.primary:
-            workdirs.save_config(workdir, config)
 
-    def summary(self, config, times: dict[str, float], results: dict) -> dict[str, Any]:
+    def close(self) -> None:
+        """Waits for a checkpoint in flight (nothing half-written survives), then closes."""
+        self.ckpt.wait()
+        self.ckpt.close()
+        self.writer.close()
+
+    def summary(self, config, progress: _Progress, timer, t_start: float) -> dict[str, Any]:
+        """What summary.json holds; times in seconds (the first step includes compilation)."""
+        t_end, t_first = time.perf_counter(), progress.t_first
         return {
             "model": config.model.name,
             "parameters": checkpoint.parameter_count(self.meta),
@@ -266,8 +256,13 @@ class _Run:
             "max_minutes": float(config.train.max_minutes),
             "devices": self.mesh.devices.size,
             "device": f"{self.mesh.devices.size} x {self.mesh.devices.flat[0].device_kind}",
-            **times,
-            "final_eval": results,
+            "final_step": progress.last,
+            "stopped_by_budget": progress.last < self.steps,
+            "train_seconds": timer.spent(),
+            "wall_clock_s": t_end - t_start,
+            "compile_and_first_step_s": (t_first - t_start) if t_first else 0.0,
+            "train_s_excluding_compile": (t_end - t_first) if t_first else 0.0,
+            "final_eval": progress.results,
             "checkpoints": self.ckpt.directory,
             "metrics": self.writer.path,
         }
@@ -299,9 +294,69 @@ def _compiled_everywhere(train_step, state, batch):
 def _log_train(step: int, pending, ckpt: checkpoint.Checkpointer, writer, bar) -> None:
     """Write the mean metrics since the last log; stop if any is not finite."""
     scalars = means(pending)
-    _check_finite(step, scalars, ckpt)
+    bad = {k: v for k, v in scalars.items() if not math.isfinite(v)}
+    if bad:
+        ckpt.wait()
+        raise FloatingPointError(
+            f"non-finite training metrics by step {step}: {bad}. Training stopped; the last "
+            f"good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Try a lower "
+            "--config.optim.learning_rate or --config.optim.grad_clip_norm."
+        )
     writer.write(step, "train", scalars)
     bar.set_postfix({k: f"{scalars[k]:.4g}" for k in ("loss",) if k in scalars}, refresh=False)
+
+
+def _train_steps(config, run: _Run, batches: Iterator, timer, stop, bar) -> _Progress:
+    """Runs steps run.start + 1 .. run.steps, fewer when the budget (timer) runs out.
+
+    stop: preemption.stop_signals()'s flag; raises Preempted after checkpointing the step in
+    flight once it is set.
+    """
+    train_step = make_train_step(run.spec, run.tx, run.mesh, augment.photometric(config.data))
+    state, progress = run.state, _Progress(last=run.start)
+    # A resumed run whose budget is already spent trains nothing (it must not go past it).
+    todo = range(run.start + 1, run.steps + 1) if not timer.exhausted() else range(0)
+    timer.start()
+    for step in todo:
+        batch = parallel.shard_batch(next(batches), run.mesh)
+        if step == run.start + 1:
+            train_step = _compiled_everywhere(train_step, state, batch)
+        state, sums = train_step(state, batch)
+        progress.pending, progress.last = add_sums(progress.pending, sums), step
+        if progress.t_first is None or timer.limit_s > 0:  # the first step includes compilation
+            jax.block_until_ready(state.step)  # a budget counts finished steps
+            progress.t_first = progress.t_first or time.perf_counter()
+        if _after_step(config, run, step, state, progress, timer, stop, bar):
+            break
+    timer.stop()
+    jax.block_until_ready(state)
+    return progress
+
+
+def _after_step(config, run: _Run, step: int, state, progress: _Progress, timer, stop, bar):
+    """Logs, checkpoints, stops (Preempted) and evaluates as `step` calls for; True when it
+    was the final step (the last one, or the budget is spent)."""
+    # Read the flag and the budget once per step, so that logging, saving, evaluating and
+    # stopping agree on them.
+    final = step == run.steps or timer.exhausted()
+    stopping = stop.signum is not None and not final
+    saving = run.ckpt.due(step) or final or stopping
+    if step % config.train.log_every_steps == 0 or saving:
+        _log_train(step, progress.pending, run.ckpt, run.writer, bar)
+        progress.pending = None
+    bar.update(step - bar.n)
+    if saving:
+        run.ckpt.save(step, state, {**run.meta, "train_seconds": timer.spent()})
+    if stopping:  # no evaluation: a scheduler's grace period is short
+        run.ckpt.wait()
+        raise preemption.Preempted(step, stop.signum, run.ckpt.directory)
+    if step % run.eval_every == 0 or final:
+        with timer.paused():
+            variables = parallel.on_first_device(state.variables)
+            progress.results = evaluators.run_for_training(
+                config, run.spec, variables, step, run.writer
+            )
+    return final
 
 
 def train_and_evaluate(
@@ -318,63 +373,16 @@ def train_and_evaluate(
     """
     run = _Run(config, workdir)
     batches = batches if batches is not None else _default_batches(config, run.start, run.mesh)
-    train_step = make_train_step(run.spec, run.tx, run.mesh, augment.photometric(config.data))
-    eval_every = config.train.eval_every_steps or math.ceil(run.num_train / config.train.batch_size)
-    state, ckpt, steps = run.state, run.ckpt, run.steps
     timer = budget.TrainingClock(run.train_seconds, 60.0 * config.train.max_minutes, clock)
-    # A resumed run whose budget is already spent trains nothing (it must not go past it).
-    todo = range(run.start + 1, steps + 1) if not timer.exhausted() else range(0)
-    bar = reporting.progress(steps, "train", "step", initial=run.start)
-    pending, t_start, t_first, results, last = None, time.perf_counter(), None, {}, run.start
+    bar = reporting.progress(run.steps, "train", "step", initial=run.start)
+    t_start = time.perf_counter()
     with preemption.stop_signals() as stop:
         try:
-            timer.start()
-            for step in todo:
-                batch = parallel.shard_batch(next(batches), run.mesh)
-                if step == run.start + 1:
-                    train_step = _compiled_everywhere(train_step, state, batch)
-                state, sums = train_step(state, batch)
-                pending, last = add_sums(pending, sums), step
-                if t_first is None or timer.limit_s > 0:  # the first step includes compilation
-                    jax.block_until_ready(state.step)  # a budget counts finished steps
-                    t_first = t_first or time.perf_counter()
-                # Read the flag and the budget once per step, so that logging, saving,
-                # evaluating and stopping agree on them.
-                final = step == steps or timer.exhausted()
-                stopping = stop.signum is not None and not final
-                saving = ckpt.due(step) or final or stopping
-                if step % config.train.log_every_steps == 0 or saving:
-                    _log_train(step, pending, ckpt, run.writer, bar)
-                    pending = None
-                bar.update(step - bar.n)
-                if saving:
-                    ckpt.save(step, state, {**run.meta, "train_seconds": timer.spent()})
-                if stopping:  # no evaluation: a scheduler's grace period is short
-                    ckpt.wait()
-                    raise preemption.Preempted(step, stop.signum, ckpt.directory)
-                if step % eval_every == 0 or final:
-                    with timer.paused():
-                        results = run_evaluators(config, run.spec, state, step, run.writer)
-                if final:
-                    break
-            timer.stop()
-            jax.block_until_ready(state)
+            progress = _train_steps(config, run, batches, timer, stop, bar)
         finally:
-            # On any exit, let a checkpoint being written finish: nothing half-written survives.
             bar.close()
-            ckpt.wait()
-            ckpt.close()
-            run.writer.close()
-    t_end = time.perf_counter()
-    times = {
-        "final_step": last,
-        "stopped_by_budget": last < steps,
-        "train_seconds": timer.spent(),
-        "wall_clock_s": t_end - t_start,
-        "compile_and_first_step_s": (t_first - t_start) if t_first else 0.0,
-        "train_s_excluding_compile": (t_end - t_first) if t_first else 0.0,
-    }
-    summary = run.summary(config, times, results)
+            run.close()  # on any exit: nothing half-written survives
+    summary = run.summary(config, progress, timer, t_start)
     if run.primary:
         outputs.write_text(
             os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2) + "\n"
@@ -388,6 +396,5 @@ __all__ = [
     "init_state",
     "make_optimizer",
     "make_train_step",
-    "run_evaluators",
     "train_and_evaluate",
 ]

@@ -13,7 +13,7 @@ import tifffile
 from PIL import Image
 
 import nucjax
-from nucjax import bundle, configs, image_io, predict, workdir
+from nucjax import bundle, configs, image_io, predict, whole_image, workdir
 from nucjax.data import synthetic
 from tests.conftest import REPO
 from tests.trained import threshold_workdir
@@ -74,17 +74,34 @@ def test_segment_from_workdir_and_bundle_equals_predict(trained, tmp_path):
         assert info["foreground"].shape == labels.shape
 
 
-def test_segment_many_yields_each_image_in_order_and_skips_bad_files(trained, tmp_path):
+def test_segment_many_yields_each_image_in_order_and_skips_bad_files(
+    trained, tmp_path, monkeypatch
+):
+    """segment_many equals segment image by image, in the order given, a bad file between
+    two images skipped, all in one run of predict's pipelined loop (network on the next image
+    while this one is post-processed: whole_image.segment_images)."""
     work, path, folder = trained
     model = nucjax.load(path)
     bad = tmp_path / "bad.png"
     bad.write_text("not an image\n")
-    results = list(model.segment_many([folder, str(bad)]))
+    runs, pipelined = [], whole_image.segment_images
+
+    def counted(spec, variables, images, eval_config):
+        runs.append([])
+        recorded = (runs[-1].append(x.shape) or x for x in images)
+        return pipelined(spec, variables, recorded, eval_config)
+
+    monkeypatch.setattr(whole_image, "segment_images", counted)
+    first, *rest = sorted(IMAGES)
+    inputs = [os.path.join(folder, first), str(bad), *(os.path.join(folder, n) for n in rest)]
+    results = list(model.segment_many(inputs))
     assert [os.path.basename(r.path) for r in results] == sorted(IMAGES)
+    assert [len(run) for run in runs] == [len(IMAGES)]
     for result in results:
         labels, info = model.segment(result.path)  # a path works as well as an array
         np.testing.assert_array_equal(result.labels, labels)
         np.testing.assert_array_equal(result.info["scores"], info["scores"])
+        np.testing.assert_array_equal(result.info["foreground"], info["foreground"])
 
 
 def test_segment_rejects_what_is_not_one_image(trained):

@@ -4,7 +4,6 @@ import csv
 import errno
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -16,40 +15,15 @@ from PIL import Image
 
 from configs import unet
 from nucjax import image_io, outputs, predict, whole_image, workdir
-from nucjax.data import rle, synthetic
+from nucjax.data import rle
 from nucjax.data.images import network_input, to_rgb
 from tests.conftest import REPO
+from tests.test_image_io import links_and_subfolders, nuclei_image, write_inputs
 from tests.test_outputs import _raster
 from tests.trained import threshold_workdir
 
 GOOD = ("grey", "colour", "rgba", "deep", "planar", "flat")
 BAD = ("text", "dot", "stack")
-
-
-def _nuclei(shape, seed):
-    rng = np.random.default_rng(seed)
-    return synthetic.synthetic_example(rng, shape, False, colour="grey")[0]
-
-
-def write_inputs(folder):
-    """Good images of every kind, bad files, and a file that is no image at all."""
-    os.makedirs(folder)
-    f = lambda name: os.path.join(folder, name)  # noqa: E731
-    Image.fromarray(_nuclei((64, 64), 0)[..., 0]).save(f("grey.png"))  # 8-bit grey
-    Image.fromarray(_nuclei((70, 80), 1)).save(f("colour.jpg"), quality=95)
-    rgba = np.concatenate([_nuclei((48, 40), 2), np.full((48, 40, 1), 255, np.uint8)], -1)
-    Image.fromarray(rgba).save(f("rgba.png"))
-    # 16-bit grey larger than the 64 px tile in both directions: tiled.
-    tifffile.imwrite(f("deep.tif"), _nuclei((150, 97), 3)[..., 0].astype(np.uint16) * 257)
-    planar = np.moveaxis(_nuclei((40, 50), 4), -1, 0)  # (3, H, W), as microscopes write
-    tifffile.imwrite(f("planar.tiff"), planar, photometric="rgb", planarconfig="separate")
-    Image.fromarray(np.full((32, 32), 90, np.uint8)).save(f("flat.png"))  # no nuclei
-    with open(f("text.png"), "w") as fh:
-        fh.write("this is not a PNG\n")
-    Image.fromarray(np.zeros((1, 1), np.uint8)).save(f("dot.png"))
-    tifffile.imwrite(f("stack.tif"), np.zeros((2, 3, 16, 16), np.uint16), photometric="minisblack")
-    with open(f("notes.txt"), "w") as fh:
-        fh.write("ignored\n")
 
 
 @pytest.fixture(scope="module")
@@ -127,14 +101,6 @@ def test_label_tiff_round_trips_and_submission_decodes(run):
         np.testing.assert_array_equal(prob, p.foreground)
 
 
-def test_16_bit_and_channel_first_inputs_read_as_images(run):
-    _, root, _, _ = run
-    deep = image_io.read_image(str(root / "in" / "deep.tif"))
-    assert deep.dtype == np.uint16 and deep.shape == (150, 97)
-    assert image_io.read_image(str(root / "in" / "planar.tiff")).shape == (40, 50, 3)
-    assert image_io.read_image(str(root / "in" / "rgba.png")).shape == (48, 40, 4)
-
-
 def test_figure_is_written(run):
     _, _, out, summary = run
     figure = Image.open(os.path.join(out, "deep_figure.png"))
@@ -156,7 +122,7 @@ def test_clear_errors(tmp_path, run):
 
 def test_duplicate_stems_are_skipped(tmp_path, run):
     model, root, _, _ = run
-    image = _nuclei((32, 32), 5)
+    image = nuclei_image((32, 32), 5)
     Image.fromarray(image).save(tmp_path / "a.png")
     tifffile.imwrite(tmp_path / "a.tif", image)
     summary = predict.predict_folder(model, [str(tmp_path)], str(tmp_path / "o"))
@@ -225,28 +191,17 @@ def _failing(write, name: str):
 
 
 def test_broken_links_and_subfolders_are_reported(tmp_path, run, caplog):
+    """What gather_inputs returns for them (tests/test_image_io.py) is what predict reports."""
     model, root, _, _ = run
     folder = tmp_path / "in"
-    (folder / "more").mkdir(parents=True)
-    shutil.copy(root / "in" / "grey.png", folder / "grey.png")
-    shutil.copy(root / "in" / "grey.png", folder / "more" / "deeper.png")
-    os.symlink(tmp_path / "gone.png", folder / "link.png")
-    (folder / ".hidden.png").write_bytes(b"")
-    files, ignored, unusable = image_io.gather_inputs([str(folder)])
-    assert (files, ignored) == ([str(folder / "grey.png")], [])
-    assert [(os.path.basename(u["file"]), u["reason"].split(":")[0]) for u in unusable] == [
-        ("link.png", "link.png"),
-        ("more", "more"),
-    ]
-    assert "broken symbolic link" in unusable[0]["reason"] and "gone.png" in unusable[0]["reason"]
-    assert "not searched recursively" in unusable[1]["reason"]
+    links_and_subfolders(folder, root / "in" / "grey.png")
+    unusable = image_io.gather_inputs([str(folder)])[2]
+    assert len(unusable) == 2
     with caplog.at_level("WARNING"):
         summary = predict.predict_folder(model, [str(folder)], str(tmp_path / "o"))
     assert summary["processed"] == 1 and summary["skipped_files"] == unusable
     assert sum("link.png" in r.getMessage() for r in caplog.records) == 1
     assert sum("more: a folder" in r.getMessage() for r in caplog.records) == 1
-    with pytest.raises(FileNotFoundError, match="link.png is a broken symbolic link"):
-        image_io.gather_inputs([str(folder / "link.png")])
 
 
 def test_predict_split_writes_a_submission(tmp_path, run):
@@ -277,7 +232,7 @@ def test_command_line(tmp_path, run):
 
 def test_stacks_are_segmented_plane_by_plane(tmp_path, run):
     model, _, _, _ = run
-    planes = np.stack([_nuclei((40, 48), 10 + k)[..., 0] for k in range(3)])
+    planes = np.stack([nuclei_image((40, 48), 10 + k)[..., 0] for k in range(3)])
     os.makedirs(tmp_path / "in")
     tifffile.imwrite(tmp_path / "in" / "pair.tif", planes[:2], photometric="minisblack")
     with tifffile.TiffWriter(tmp_path / "in" / "three.tif") as tif:  # pages, no shape metadata
@@ -321,7 +276,7 @@ def test_stacks_are_segmented_plane_by_plane(tmp_path, run):
 
 def test_channel_picks_the_nuclear_stain(tmp_path, run):
     model, _, _, _ = run
-    nuclei = _nuclei((40, 48), 20)[..., 0].astype(np.uint16) * 257
+    nuclei = nuclei_image((40, 48), 20)[..., 0].astype(np.uint16) * 257
     noise = np.random.default_rng(0).integers(0, 65535, nuclei.shape, dtype=np.uint16)
     path = tmp_path / "two.tif"
     tifffile.imwrite(path, np.stack([noise, nuclei]), imagej=True, metadata={"axes": "CYX"})
@@ -334,7 +289,3 @@ def test_channel_picks_the_nuclear_stain(tmp_path, run):
     label = tifffile.imread(tmp_path / "b" / "two_labels.tif")
     np.testing.assert_array_equal(label, _segment(model, nuclei).instances.label)
     assert label.max() > 1
-    with pytest.raises(image_io.UnsupportedImageError, match="channels 0..1"):
-        image_io.read_planes(str(path), channel=2)
-    grey = image_io.read_planes(str(tmp_path / "b" / "two_labels.tif"), channel=1)  # one channel
-    np.testing.assert_array_equal(grey.pixels[0], label)

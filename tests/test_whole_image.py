@@ -1,5 +1,5 @@
-"""Whole images through a model: tiling on the stride grid, stitching, padding, detections
-merged across tiles, flip test-time augmentation and rescaling to a nucleus area."""
+"""Whole images through a model: tiled predictions against single passes, detections merged
+across tiles, flip test-time augmentation and rescaling to a nucleus area."""
 
 import dataclasses
 import functools
@@ -14,7 +14,7 @@ import pytest
 
 from configs import mask_rcnn as mask_rcnn_config
 from configs import simple_cnn, unet
-from nucjax import whole_image
+from nucjax import tiling, whole_image
 from nucjax.data.images import normalize_image
 from nucjax.models import mask_rcnn
 from nucjax.models.spec import Instances, ModelSpec
@@ -40,21 +40,6 @@ def threshold_model(symmetric_kernel=False):
     if symmetric_kernel:
         params["output"]["kernel"][:, :, 0, 0] = 20.0 * np.outer([1, 2, 1], [1, 2, 1]) / 16
     return spec, {**variables, "params": params}
-
-
-@pytest.mark.parametrize("extent", [1, 5, 64, 65, 97, 150, 300])
-def test_tile_layout_partitions_on_the_stride_grid(extent):
-    stride, tile, overlap = 4, 64, 16
-    padded = whole_image.round_to_stride(extent, stride)
-    layout = whole_image.tile_layout(padded, tile, overlap, stride)
-    owned = np.zeros(padded, int)
-    for start, lo, hi in layout:
-        assert start % stride == 0 and 0 <= start and start + min(tile, padded) <= padded
-        owned[lo:hi] += 1
-        # Every owned pixel is at least overlap / 2 from an edge inside the image.
-        assert lo == 0 or lo - start >= overlap // 2
-        assert hi == padded or start + tile - hi >= overlap // 2
-    assert (owned == 1).all()
 
 
 def test_tiled_prediction_equals_single_pass_for_a_small_receptive_field():
@@ -159,34 +144,6 @@ def same_nuclei(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("extent", "tile", "overlap", "want"),
-    [(1024, 1024, 64, 1024), (256, 1024, 64, 256), (300, 1024, 64, 384), (1, 1024, 64, 128),
-     # 2048 (stride 32): 3 x 768 = 2304 px beat 3 x 1024, 4 x 640 and 5 x 512 (2560 px)
-     (2048, 1024, 64, 768),
-     # 1040 -> 1056: 2 x 640 = 1280 px beat one 1024 too short, 2 x 768 and 3 x 512
-     (1040, 1024, 64, 640),
-     (40, 64, 16, 64), (20, 64, 16, 32), (64, 64, 16, 64), (100, 64, 16, 64)],
-)  # fmt: skip
-def test_tile_side_covers_a_side_with_the_fewest_network_pixels(extent, tile, overlap, want):
-    assert whole_image.tile_side(extent, 32, tile, overlap) == want
-
-
-def test_tile_sides_are_few_and_never_cost_more_than_full_tiles():
-    """Every extent gets one of the 8 lengths (so few compiled shapes) and never runs more
-    pixels through the network than full tiles of tile_size would."""
-    stride, tile, overlap = 32, 1024, 64
-    sides = set()
-    for extent in range(1, 3000, 7):
-        side = whole_image.tile_side(extent, stride, tile, overlap)
-        sides.add(side)
-        padded = whole_image.round_to_stride(extent, stride)
-        n = len(whole_image.tile_layout(max(side, padded), side, overlap, stride))
-        full = len(whole_image.tile_layout(max(tile, padded), tile, overlap, stride))
-        assert n * side <= full * tile and (n > 1 or side >= padded)
-    assert sides <= set(range(128, 1025, 128))
-
-
-@pytest.mark.parametrize(
     ("tiles", "batch", "want"),
     [(9, 4, [4, 4, 1]), (8, 4, [4, 4]), (3, 4, [1, 1, 1]), (1, 4, [1]), (5, 1, [1] * 5)],
 )
@@ -201,7 +158,7 @@ def test_pixel_models_compile_once_per_tile_shape_not_per_image_size():
     spec, variables = threshold_model()
     ev = settings(64, 16)
     sizes = [(40, 50), (37, 47), (33, 45), (39, 41), (34, 48)]
-    shapes = {whole_image.tile_grid(h, w, spec.stride, 64, 16)[2] for h, w in sizes}
+    shapes = {tiling.tile_grid(h, w, spec.stride, 64, 16)[2] for h, w in sizes}
     assert shapes == {(40, 48), (40, 56)}  # 37..40 -> 40; 41..48 -> 48, 49..56 -> 56
     before = whole_image._apply._cache_size()
     for size in sizes:
@@ -235,7 +192,7 @@ def test_detector_finds_the_same_nuclei_in_every_copy_of_a_mosaic():
     alone = whole_image.segment_image(spec, {}, image, ev)
     assert alone.instances.label.max() == len(centres)
     mosaic = np.tile(image, (2, 3, 1))
-    rows, cols, _ = whole_image.tile_grid(128, 192, 32, 64, 32)
+    rows, cols, _ = tiling.tile_grid(128, 192, 32, 64, 32)
     assert (len(rows), len(cols)) == (3, 5)
     found = whole_image.segment_image(spec, {}, mosaic, ev)
     label = found.instances.label
@@ -297,7 +254,7 @@ def test_flip_tta_averages_the_four_flipped_passes():
 def test_transpose_tta_averages_the_eight_symmetries_of_the_square():
     spec, variables = random_model(simple_cnn.get_config("tiny"))
     image, _ = synthetic_image((160, 64), seed=6)  # no padding (above); 32 x 28 tiles
-    assert whole_image.tile_grid(160, 64, spec.stride, 32, 8)[2] == (32, 28)  # transposed: new
+    assert tiling.tile_grid(160, 64, spec.stride, 32, 8)[2] == (32, 28)  # transposed: new
     ev = settings(32, 8, flip_tta=True, transpose_tta=True)
     tta = whole_image.predict_image(spec, variables, image, ev)
 

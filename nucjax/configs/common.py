@@ -90,7 +90,7 @@ def get_config() -> ml_collections.ConfigDict:
     ev.summary_images = 3
     # Whole-image prediction and instance post-processing (nucjax.whole_image,
     # nucjax.postprocess), shared by evaluation and predict.
-    # Whole images are predicted in overlapping tiles of at most this size (whole_image.tile_side
+    # Whole images are predicted in overlapping tiles of at most this size (tiling.tile_side
     # picks the length): a 1024 x 1024 image is one tile, and a call holds at most
     # whole_image.BATCH_PIXELS pixels, so memory stays that of four 512 x 512 tiles.
     ev.tile_size = 1024

@@ -24,7 +24,7 @@ masks (what the trainer's pixel metrics read). The mask head and the pasting ski
 empty detection slots, so their cost follows the number of nuclei, not max_detections.
 postprocess() pastes the masks of one image into a non-overlapping label image, higher scores
 first, and cleans it with config.eval as the per-pixel networks' post-processing does.
-Whole images are predicted in overlapping tiles of config.eval.tile_size (nucjax.whole_image,
+Whole images are predicted in overlapping tiles of config.eval.tile_size (nucjax.tiling,
 tiling "detections": a detection is kept by the tile that owns its box centre), so proposals,
 max_detections, time and memory are per tile, and every tile has one of a few fixed shapes.
 

@@ -62,7 +62,7 @@ class ModelSpec:
         for example a pretrained backbone loaded from disk). Identity by default.
     frozen: params -> pytree of bools, True where a leaf is held fixed for the first
         `config.model.freeze_backbone_steps` steps; None when nothing can be frozen.
-    tiling: how nucjax.whole_image joins the outputs of overlapping tiles (TILINGS):
+    tiling: how nucjax.tiling joins the outputs of overlapping tiles (TILINGS):
         "pixels": outputs are (B, H, W, C) maps, stitched pixel by pixel (per-pixel networks);
         "detections": outputs are a dict of boxes (B, D, 4) y0 x0 y1 x1 pixels, valid (B, D),
         foreground (B, H, W) and per-detection arrays (B, D, ...) under any other key; each

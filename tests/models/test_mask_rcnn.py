@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from configs import mask_rcnn as mask_rcnn_config
-from nucjax import evaluate, evaluators, metrics, models, parallel, train, whole_image
+from nucjax import evaluate, evaluators, metrics, models, parallel, tiling, train, whole_image
 from nucjax.data.images import normalize_image
 from nucjax.data.synthetic import synthetic_example
 from nucjax.detection import anchors, decoding
@@ -304,7 +304,7 @@ def test_whole_images_of_new_sizes_reuse_the_compiled_tile_shapes():
     spec, variables = random_model(config, seed=3)
     before = whole_image._apply._cache_size()
     for (h, w), tiles in (((40, 50), 1), ((64, 33), 1), ((100, 70), 6), ((150, 97), 12)):
-        rows, cols, shape = whole_image.tile_grid(h, w, 32, 64, 16)
+        rows, cols, shape = tiling.tile_grid(h, w, 32, 64, 16)
         assert (len(rows) * len(cols), shape) == (tiles, (64, 64))
         image, _ = synthetic_image((h, w), seed=h)
         p = whole_image.segment_image(spec, variables, image, config.eval)
