@@ -81,7 +81,6 @@ RULES = tuple(
         ("eval.seed_depth", _at_least(0)),
         ("eval.min_size", _at_least(0)),
         ("eval.max_hole_size", _at_least(0)),
-        ("eval.grow", _at_least(0)),
         ("eval.score_threshold", _UNIT),
         ("eval.nms_threshold", _UNIT),
         ("eval.mask_threshold", _UNIT),

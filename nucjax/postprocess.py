@@ -4,7 +4,7 @@ Two decoders, both marker-controlled watersheds confined to the predicted foregr
   three-class (background, interior, border): seeds are the confident interiors;
   binary (foreground probability): seeds are peaks of the distance to the background.
 Both finish with clean_instances. Every threshold is an argument; they come from config.eval
-(foreground_threshold, seed_threshold, seed_depth, min_size, fill_holes, grow).
+(foreground_threshold, seed_threshold, seed_depth, min_size, fill_holes).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 from skimage import morphology
-from skimage.segmentation import expand_labels, watershed
+from skimage.segmentation import watershed
 
 from nucjax.models.spec import Instances
 
@@ -140,23 +140,15 @@ def fill_instance_holes(label: np.ndarray, max_hole_size: int = MAX_HOLE_SIZE) -
 
 
 def clean_instances(
-    label: np.ndarray,
-    min_size: int,
-    fill_holes: bool,
-    max_hole_size: int = MAX_HOLE_SIZE,
-    grow: float = 0.0,
+    label: np.ndarray, min_size: int, fill_holes: bool, max_hole_size: int = MAX_HOLE_SIZE
 ) -> np.ndarray:
-    """Fill small holes (optional), grow every nucleus up to `grow` px into the background
-    (skimage expand_labels: nearest nucleus wins, none overlap), drop nuclei of fewer than
-    min_size pixels, relabel 1..N.
+    """Fill small holes (optional), drop nuclei of fewer than min_size pixels, relabel 1..N.
 
     label: (H, W) int ids >= 0, non-overlapping by construction. Returns (H, W) int32.
     """
     label = np.asarray(label, np.int32)
     if fill_holes:
         label = fill_instance_holes(label, max_hole_size)
-    if grow > 0:
-        label = expand_labels(label, grow).astype(np.int32)
     area = np.bincount(label.ravel(), minlength=1)
     small = area < min_size
     small[0] = False
@@ -189,7 +181,6 @@ def instances_from_three_class(
     min_size: int,
     fill_holes: bool,
     max_hole_size: int = MAX_HOLE_SIZE,
-    grow: float = 0.0,
 ) -> Instances:
     """Nuclei from (H, W, 3) probabilities of [background, interior, border].
 
@@ -198,7 +189,7 @@ def instances_from_three_class(
     for independent sigmoids too) > foreground_threshold. A watershed of border - interior
     from the seeds, within the foreground, splits touching nuclei along their predicted
     border; foreground components without a seed become nuclei of their own.
-    Then clean_instances(min_size, fill_holes, grow). Scores: mean foreground probability.
+    Then clean_instances(min_size, fill_holes). Scores: mean foreground probability.
     """
     probs = np.asarray(probs, np.float32)
     interior, border = probs[..., 1], probs[..., 2]
@@ -208,8 +199,7 @@ def instances_from_three_class(
     markers, _ = ndimage.label(seeds, _CROSS)
     label = watershed_in_mask(border - interior, markers, mask)
     label = _seedless_components(label, mask)
-    cleaned = clean_instances(label, min_size, fill_holes, max_hole_size, grow)
-    return _instances(cleaned, foreground_prob)
+    return _instances(clean_instances(label, min_size, fill_holes, max_hole_size), foreground_prob)
 
 
 def instances_from_binary(
@@ -220,7 +210,6 @@ def instances_from_binary(
     min_size: int,
     fill_holes: bool,
     max_hole_size: int = MAX_HOLE_SIZE,
-    grow: float = 0.0,
 ) -> Instances:
     """Nuclei from an (H, W) foreground probability map.
 
@@ -251,4 +240,4 @@ def instances_from_binary(
         peak_mask[tuple(np.array(spots).T)] = True
     markers, _ = ndimage.label(peak_mask, _SQUARE)
     label = watershed_in_mask(-distance, markers, mask)
-    return _instances(clean_instances(label, min_size, fill_holes, max_hole_size, grow), fg_prob)
+    return _instances(clean_instances(label, min_size, fill_holes, max_hole_size), fg_prob)

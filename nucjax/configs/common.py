@@ -108,8 +108,6 @@ def get_config() -> ml_collections.ConfigDict:
     ev.min_size = 10  # remove predicted nuclei smaller than this, pixels
     ev.fill_holes = True
     ev.max_hole_size = 100  # only holes up to this area (px) are filled: larger ones are gaps
-    # grow every nucleus up to this many px into the background (nearest wins); 0 = off
-    ev.grow = 0.0
     return config
 
 

@@ -317,8 +317,7 @@ def postprocess(outputs, *, eval_config) -> Instances:
     Every pixel goes to the highest-scoring detection whose mask probability there is >=
     eval_config.mask_threshold; detections left without a pixel are dropped. Then, as for the
     per-pixel networks, clean_instances fills holes (eval_config.fill_holes, max_hole_size)
-    and drops nuclei under eval_config.min_size pixels, after growing them eval_config.grow px
-    into the background; scores follow their nuclei.
+    and drops nuclei under eval_config.min_size pixels; scores follow their nuclei.
     """
     label, scores = decoding.instances_from_detections(
         np.asarray(outputs["masks"]),
@@ -329,11 +328,7 @@ def postprocess(outputs, *, eval_config) -> Instances:
         eval_config.mask_threshold,
     )
     cleaned = clean_instances(
-        label,
-        eval_config.min_size,
-        eval_config.fill_holes,
-        eval_config.max_hole_size,
-        eval_config.grow,
+        label, eval_config.min_size, eval_config.fill_holes, eval_config.max_hole_size
     )
     return Instances(label=cleaned, scores=_scores_after_cleaning(label, cleaned, scores))
 

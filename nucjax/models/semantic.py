@@ -96,7 +96,6 @@ def semantic_postprocess(logits: np.ndarray, *, target: str, activation: str, ev
         min_size=eval_config.min_size,
         fill_holes=eval_config.fill_holes,
         max_hole_size=eval_config.max_hole_size,
-        grow=eval_config.grow,
     )
     if target == "three_class":
         return postprocess.instances_from_three_class(
