@@ -11,6 +11,9 @@ tf.function with its default (oneDNN) kernels; one call of each in turn, so load
 jobs hits both alike. Prints one JSON line per op: each side's median and JAX's time over
 TF's (the median of the per-round ratios). --jax_options adds JAX compiled with other XLA
 options, in the same rounds.
+conv1x1_as_dot_resnet and conv3x3_im2col_resnet are the ResNet convolutions written as a
+matmul (einsum over channels; conv_general_dilated_patches then one matmul) against the same
+TF convolution, to see whether XLA:CPU's matmul does better than its convolution.
 maxpool2x2_unet is flax's nn.max_pool (a reduce-window), as nucjax's U-Net uses it;
 maxpool2x2_reshape_unet the same values as a reshape + max (ties aside, the same gradient).
 XLA_FLAGS from the environment reach the JAX side, e.g.
@@ -61,6 +64,15 @@ def ops(size: int) -> dict:
     def jax_conv(x, w):
         return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
 
+    def jax_conv_as_dot(x, w):  # a 1x1 convolution as a matmul over the channel axis
+        return jnp.einsum("bhwc,cf->bhwf", x, w[0, 0])
+
+    def jax_conv_im2col(x, w):  # 3x3 patches (ordered C, kh, kw), then one matmul
+        p = jax.lax.conv_general_dilated_patches(
+            x, w.shape[:2], (1, 1), "SAME", dimension_numbers=NHWC
+        )
+        return jnp.einsum("bhwk,kf->bhwf", p, w.transpose(2, 0, 1, 3).reshape(-1, w.shape[-1]))
+
     def jax_bn(x, w):  # training-mode batch norm over B, H, W; w: (2, C) scale and offset
         mean, var = jnp.mean(x, (0, 1, 2)), jnp.var(x, (0, 1, 2))
         return (x - mean) * jax.lax.rsqrt(var + 1e-5) * w[0] + w[1]
@@ -100,6 +112,18 @@ def ops(size: int) -> dict:
             jax_conv,
             lambda x, w: tf.nn.conv2d(x, w, 1, "SAME"),
             (1, 1, 256, 64),
+        ),
+        "conv1x1_as_dot_resnet": (
+            (r, r, 256),
+            jax_conv_as_dot,
+            lambda x, w: tf.nn.conv2d(x, w, 1, "SAME"),
+            (1, 1, 256, 64),
+        ),
+        "conv3x3_im2col_resnet": (
+            (r, r, 64),
+            jax_conv_im2col,
+            lambda x, w: tf.nn.conv2d(x, w, 1, "SAME"),
+            (3, 3, 64, 64),
         ),
         "maxpool2x2_unet": (
             (s, s, 16),
