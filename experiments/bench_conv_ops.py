@@ -64,6 +64,9 @@ def ops(size: int) -> dict:
     def jax_conv(x, w):
         return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
 
+    def tf_conv(x, w):  # every convolution op's TF side: the same stride-1 SAME convolution
+        return tf.nn.conv2d(x, w, 1, "SAME")
+
     def jax_conv_as_dot(x, w):  # a 1x1 convolution as a matmul over the channel axis
         return jnp.einsum("bhwc,cf->bhwf", x, w[0, 0])
 
@@ -98,31 +101,31 @@ def ops(size: int) -> dict:
         "conv3x3_unet": (
             (s, s, 16),
             jax_conv,
-            lambda x, w: tf.nn.conv2d(x, w, 1, "SAME"),
+            tf_conv,
             (3, 3, 16, 16),
         ),
         "conv3x3_resnet": (
             (r, r, 64),
             jax_conv,
-            lambda x, w: tf.nn.conv2d(x, w, 1, "SAME"),
+            tf_conv,
             (3, 3, 64, 64),
         ),
         "conv1x1_resnet": (
             (r, r, 256),
             jax_conv,
-            lambda x, w: tf.nn.conv2d(x, w, 1, "SAME"),
+            tf_conv,
             (1, 1, 256, 64),
         ),
         "conv1x1_as_dot_resnet": (
             (r, r, 256),
             jax_conv_as_dot,
-            lambda x, w: tf.nn.conv2d(x, w, 1, "SAME"),
+            tf_conv,
             (1, 1, 256, 64),
         ),
         "conv3x3_im2col_resnet": (
             (r, r, 64),
             jax_conv_im2col,
-            lambda x, w: tf.nn.conv2d(x, w, 1, "SAME"),
+            tf_conv,
             (3, 3, 64, 64),
         ),
         "maxpool2x2_unet": (
