@@ -47,11 +47,16 @@ def _nucjax_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip() and not LOG_LINE.match(line)]
 
 
+def _error_lines(done: subprocess.CompletedProcess) -> list[str]:
+    """What nucjax printed for an expected user error, after checking it exited 1 without a
+    traceback."""
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    return _nucjax_lines(done.stderr)
+
+
 def test_config_error_is_one_line_and_exit_code_1(tmp_path):
     done = _run(TINY, f"--workdir={tmp_path}", "--config.optim.learning_rate=-0.5")
-    assert done.returncode == 1, done.stderr[-2000:]
-    assert "Traceback" not in done.stderr
-    assert _nucjax_lines(done.stderr) == [
+    assert _error_lines(done) == [
         "nucjax: config.optim.learning_rate=-0.5 is out of range: it must be > 0"
     ], done.stderr[-2000:]
     assert not os.path.exists(tmp_path / "checkpoints")  # refused before anything was built
@@ -59,9 +64,7 @@ def test_config_error_is_one_line_and_exit_code_1(tmp_path):
 
 def test_misspelt_config_field_is_one_line_naming_it(tmp_path):
     done = _run(TINY, f"--workdir={tmp_path}", "--config.train.max_minute=3")
-    assert done.returncode == 1, done.stderr[-2000:]
-    assert "Traceback" not in done.stderr
-    assert _nucjax_lines(done.stderr) == [
+    assert _error_lines(done) == [
         "nucjax: --config.train.max_minute: the config has no field 'max_minute'. "
         'Did you mean "max_minutes" instead of "max_minute"?'
     ], done.stderr[-2000:]
@@ -86,8 +89,7 @@ def test_damaged_dataset_build_is_one_line_and_exit_code_1(tmp_path):
         "--config.data.source=dsb2018",
         f"--config.data.data_dir={tmp_path / 'tfds'}",
     )
-    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
-    (line,) = _nucjax_lines(done.stderr)
+    (line,) = _error_lines(done)
     assert line.startswith(f"nucjax: {record}: damaged dsb2018 build (corrupted record at ")
     assert line.endswith(f"rebuild it: `rm -r {builder.data_dir}`, then run again "
                          "(the build is redone from the fetched files)")  # fmt: skip
