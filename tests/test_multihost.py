@@ -20,6 +20,7 @@ bit as the resumed one.
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -152,8 +153,9 @@ def test_the_second_launch_resumed_and_only_process_0_reported(runs):
     assert checkpoint.saved_steps(os.path.join(two, "checkpoints")) == [2, 4]
     for outputs in (first, second):
         assert "checkpoints:" in outputs[0]
-        # process 1 prints nothing of its own (gloo's C++ connection lines are not nucjax's)
-        assert [line for line in outputs[1].splitlines() if not line.startswith("[Gloo]")] == []
+        # process 1 prints nothing of its own. Gloo's C++ connection messages are not nucjax's;
+        # its threads write them concurrently, so two can share a line and leave a blank one.
+        assert re.sub(r"\[Gloo\] [^\[\n]*", "", outputs[1]).strip() == "", outputs[1]
 
 
 @pytest.mark.parametrize(
