@@ -2,7 +2,8 @@
 experiments/profile_train_step.py (the trainer's own train step for a paper network, on a
 synthetic host batch), the model that bench_predict.py and bench_peak_memory.py segment
 with (`inference_model`), and interleaved timing with the float32 matmul ceilings of numpy,
-TensorFlow and XLA (`interleave`, `matmul_sides`: bench_vs_keras.py, bench_gemm_ceiling.py).
+TensorFlow and XLA (`interleave`, `matmul_sides`: bench_vs_keras.py, bench_gemm_ceiling.py),
+and the fused computations of a compiled XLA module (`fusion_counts`: repro_residual_depth.py).
 
 No import-time side effects: the entry scripts choose the process settings
 (nucjax.runtime.configure, XLA_FLAGS) before this module imports jax.
@@ -14,6 +15,7 @@ import ctypes
 import glob
 import importlib
 import os
+import re
 import time
 
 # net -> (nucjax.configs module, its variant, config.model overrides)
@@ -169,3 +171,15 @@ def openblas_core() -> str:
                 getter.restype = ctypes.c_char_p
                 return getter().decode()
     return ""
+
+
+def fusion_counts(hlo_text: str) -> tuple[int, int]:
+    """(number of fused computations, most parameters of any) in a compiled module's text
+    (`jax.jit(f).lower(...).compile().as_text()`)."""
+    bodies = re.split(r"\n(?=%?[\w.\-]+ \()", hlo_text)
+    params = [
+        len(re.findall(r"parameter\(\d+\)", body))
+        for body in bodies
+        if (m := re.match(r"%?([\w.\-]+) \(", body)) and "fused" in m.group(1)
+    ]
+    return len(params), max(params, default=0)

@@ -33,6 +33,7 @@ def get_config(arg=None):
     m.width = 64  # ResNet stage widths width * [1, 2, 4, 8]; light: first conv's channels
     m.fpn_width = 256
     m.input_adapter = "none"  # "caffe" with ImageNet weights (see configs/resnet.py)
+    m.fusion_walls = "auto"  # backbone="resnet": as in configs/resnet.py
     # Upscale every input this many times (bilinear) inside the network, labels alike in
     # training; boxes and the foreground map come back at the input's size. DSB nuclei are
     # ~17 px across: at 2 they cover 2x more cells of the stride-4 P2 level.

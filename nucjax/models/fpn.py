@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from nucjax.models import resnet
-from nucjax.models.layers import batch_norm, upsample2
+from nucjax.models.layers import batch_norm, upsample2, use_fusion_walls
 
 STRIDE = 32  # input H and W must be multiples of this
 FIRST_LEVEL = 2  # P2, stride 4
@@ -81,7 +81,12 @@ class FPN(nn.Module):
 
 
 def backbone_module(
-    kind: str, depth: int, width: int, axis_name: str | None, name: str = "backbone"
+    kind: str,
+    depth: int,
+    width: int,
+    axis_name: str | None,
+    name: str = "backbone",
+    fusion_walls: str = "auto",
 ) -> nn.Module:
     """The backbone of config.model.backbone: image (B, H, W, 3) -> {"C2".."C5"} (+ more).
 
@@ -89,7 +94,8 @@ def backbone_module(
     pretrained weights and freezing.
     """
     if kind == "resnet":
-        return resnet.ResNetBackbone(depth, width, axis_name, name=name)
+        walls = use_fusion_walls(fusion_walls)
+        return resnet.ResNetBackbone(depth, width, axis_name, walls, name=name)
     if kind == "light":
         return LightBackbone(width, axis_name, name=name)
     raise ValueError(f"config.model.backbone={kind!r}; choose 'resnet' or 'light'")

@@ -51,6 +51,39 @@ def batch_norm(
     )
 
 
+def _loop_identity(x: jax.Array) -> jax.Array:
+    """x, returned through a while loop of 0 or 1 iterations (x's first element > 0 decides),
+    a trip count the compiler cannot know, so it can neither remove the loop nor fuse across it."""
+    n = (x.reshape(-1)[0] > 0).astype(jnp.int32)
+    return jax.lax.fori_loop(0, n, lambda i, v: v * (i + 1).astype(v.dtype), x)
+
+
+@jax.custom_vjp
+def fusion_wall(x: jax.Array) -> jax.Array:
+    """The identity, with a boundary XLA's fusion cannot cross, in the forward and backward pass.
+
+    XLA:CPU counts elementwise ops as cheap and duplicates them into every consumer fusion, so
+    in a ResNet stage (each block's output an elementwise function of the previous block's)
+    the backward pass of block k recomputes the residual stream from the stage's first block:
+    work that grows with the square of the depth (ResNet-152's stage 4 has 36 blocks). XLA:CPU
+    removes jax.lax.optimization_barrier before fusion and the algebraic simplifier folds
+    identities such as sqrt(x * x); a loop with a data-dependent trip count is neither.
+    Costs one pass over x when x's first element is > 0 (BUILD_NOTES, "Where nucjax's CPU time
+    goes"; experiments/repro_residual_depth.py).
+    """
+    return _loop_identity(x)
+
+
+fusion_wall.defvjp(lambda x: (_loop_identity(x), None), lambda _, g: (_loop_identity(g),))
+
+
+def use_fusion_walls(setting: str) -> bool:
+    """config.model.fusion_walls: "auto" (on for the CPU backend only), "on" or "off"."""
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"config.model.fusion_walls={setting!r}; use 'auto', 'on' or 'off'")
+    return jax.default_backend() == "cpu" if setting == "auto" else setting == "on"
+
+
 class UpConv2x2(nn.Module):
     """A 2x2 stride-2 transposed convolution, (B, H, W, Cin) -> (B, 2H, 2W, features).
 

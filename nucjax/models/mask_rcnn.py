@@ -90,6 +90,7 @@ class DetectorSettings:
     depth: int
     width: int
     fpn_width: int
+    fusion_walls: str
     input_adapter: str
     input_scale: int
     box_head_convs: int
@@ -146,7 +147,9 @@ class MaskRCNN(nn.Module):
         if s.input_scale > 1:  # small nuclei reach the pyramid larger; outputs come back below
             image, label = upscale(image, label, s.input_scale)
         shape = tuple(int(d) for d in image.shape[1:3])
-        backbone = fpn.backbone_module(s.backbone, s.depth, s.width, self.axis_name)
+        backbone = fpn.backbone_module(
+            s.backbone, s.depth, s.width, self.axis_name, fusion_walls=s.fusion_walls
+        )
         pyramid = fpn.FPN(s.fpn_width, len(s.strides), name="fpn")(
             backbone(adapt_input(image, s.input_adapter), train=train)
         )

@@ -26,7 +26,14 @@ import jax
 import jax.numpy as jnp
 
 from nucjax.models import pretrained, semantic
-from nucjax.models.layers import adapt_input, batch_norm, check_image_shape, upsample2
+from nucjax.models.layers import (
+    adapt_input,
+    batch_norm,
+    check_image_shape,
+    fusion_wall,
+    upsample2,
+    use_fusion_walls,
+)
 from nucjax.models.spec import ModelSpec
 
 # depth -> (block kind, blocks per stage conv2..conv5)
@@ -55,6 +62,7 @@ class Bottleneck(nn.Module):
     stride: int = 1
     projection: bool = False
     axis_name: str | None = None
+    wall: bool = False  # fusion_wall on the output (see layers.fusion_wall)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -70,7 +78,8 @@ class Bottleneck(nn.Module):
         y = nn.relu(bn("2_bn")(y))
         y = nn.Conv(4 * self.filters, (1, 1), padding="VALID", name="3_conv")(y)
         y = bn("3_bn")(y)
-        return nn.relu(shortcut + y)
+        y = nn.relu(shortcut + y)
+        return fusion_wall(y) if self.wall else y
 
 
 class BasicBlock(nn.Module):
@@ -80,6 +89,7 @@ class BasicBlock(nn.Module):
     stride: int = 1
     projection: bool = False
     axis_name: str | None = None
+    wall: bool = False  # fusion_wall on the output (see layers.fusion_wall)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -93,7 +103,8 @@ class BasicBlock(nn.Module):
         y = nn.relu(bn("1_bn")(y))
         y = nn.Conv(self.filters, (3, 3), padding="SAME", name="2_conv")(y)
         y = bn("2_bn")(y)
-        return nn.relu(shortcut + y)
+        y = nn.relu(shortcut + y)
+        return fusion_wall(y) if self.wall else y
 
 
 class ResNetBackbone(nn.Module):
@@ -110,6 +121,7 @@ class ResNetBackbone(nn.Module):
     depth: int = 50
     width: int = 64
     axis_name: str | None = None
+    fusion_walls: bool = False  # a layers.fusion_wall after every block
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
@@ -129,6 +141,7 @@ class ResNetBackbone(nn.Module):
                     stride=2 if (b == 0 and stage > 0) else 1,
                     projection=b == 0 and (stage > 0 or kind == "bottleneck"),
                     axis_name=self.axis_name,
+                    wall=self.fusion_walls,
                     name=f"conv{stage + 2}_block{b + 1}",
                 )(x, train=train)
             features[f"C{stage + 2}"] = x
@@ -150,15 +163,16 @@ class ResNetSeg(nn.Module):
     decoder_width: int = 256
     input_adapter: str = "none"
     axis_name: str | None = None
+    fusion_walls: bool = False
 
     @nn.compact
     def __call__(self, image: jax.Array, label=None, *, train: bool) -> jax.Array:
         del label  # per-pixel targets are computed by the loss, not sampled by the network
         check_image_shape(image.shape, STRIDE, "ResNetSeg")
         x = adapt_input(image, self.input_adapter)
-        features = ResNetBackbone(self.depth, self.width, self.axis_name, name="backbone")(
-            x, train=train
-        )
+        features = ResNetBackbone(
+            self.depth, self.width, self.axis_name, self.fusion_walls, name="backbone"
+        )(x, train=train)
         skips: Sequence[jax.Array | None] = (
             features["C4"],
             features["C3"],
@@ -190,6 +204,7 @@ def segmentation_module(config, axis_name: str | None) -> ResNetSeg:
         decoder_width=m.get("decoder_width", 256),
         input_adapter=m.get("input_adapter", "none"),
         axis_name=axis_name,
+        fusion_walls=use_fusion_walls(m.get("fusion_walls", "auto")),
     )
 
 

@@ -120,3 +120,34 @@ def test_batch_norm_statistics_over_4_devices_equal_those_of_one_batch(tiny_spec
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     before = jax.tree.leaves(variables["batch_stats"])
     assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(single), before, strict=True))
+
+
+@pytest.mark.parametrize("block", [resnet.Bottleneck, resnet.BasicBlock])
+def test_fusion_walls_change_no_parameter_output_or_gradient(block):
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 16))
+    plain, walled = (block(4, projection=True, wall=wall) for wall in (False, True))
+    variables = plain.init(jax.random.key(0), x, train=False)
+
+    def loss(params, x, net):
+        y, _ = net.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(jnp.tanh(y) * jnp.arange(y.shape[-1]))
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)
+    (want, want_grads), (got, got_grads) = (
+        grad(variables["params"], x, net) for net in (plain, walled)
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # The network's parameters are the same with and without walls (checkpoints load either).
+    image = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    trees = [
+        jax.eval_shape(
+            lambda x, walls=walls: resnet.ResNetSeg(3, 50, 4, 8, fusion_walls=walls).init(
+                jax.random.key(0), x, train=False
+            ),
+            image,
+        )
+        for walls in (False, True)
+    ]
+    assert jax.tree.structure(trees[0]) == jax.tree.structure(trees[1])
