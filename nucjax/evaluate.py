@@ -9,6 +9,7 @@ split). Writes, atomically:
   workdir/eval/<split>_step<k>.json  every set metric, per modality, settings, one row per image
   workdir/eval/<split>_step<k>.md    a table: each metric, its value, its one-line definition,
                                      and the main metrics per modality
+  (<split>_step<k>_seeds_<name>.* when config.eval.seeds_from=.../<name> seeds the decoding)
 (For a model bundle DIR/NAME.nucjax given as --workdir: DIR/NAME_eval/ instead of workdir/eval/.)
 """
 
@@ -89,8 +90,13 @@ def evaluate(
     model = model or workdirs.load(workdir, config, step)
     config = model.config
     evaluator = evaluators.for_split(config, split)
-    result = evaluator.run(config, model.spec, model.variables, show_progress=True)
-    out = os.path.join(workdirs.output_dir(workdir, "eval"), f"{evaluator.split}_step{model.step}")
+    result = evaluator.run(
+        config, model.spec, model.variables, show_progress=True, seeds=model.seeds
+    )
+    name = f"{evaluator.split}_step{model.step}"
+    if model.seeds is not None:  # beside, not over, the model's own report
+        name += "_seeds_" + os.path.basename(os.path.normpath(config.eval.seeds_from))
+    out = os.path.join(workdirs.output_dir(workdir, "eval"), name)
     report = {
         "model": config.model.name,
         "workdir": os.path.abspath(workdir),

@@ -88,12 +88,12 @@ class Evaluator:
         return min(total, self.max_images) if self.max_images > 0 else total
 
     def _instance_records(
-        self, config, spec: ModelSpec, variables, pairs, shown: list, num_figures: int
+        self, config, spec: ModelSpec, variables, pairs, shown: list, num_figures: int, seeds
     ):
         """(image (H, W, 3) uint8, label) pairs -> their metrics.image_records with timings in
         the row, in order, through whole_image.segment_images (the network runs on the next
         image while this one is post-processed). Appends the outline figures of the first
-        num_figures images to `shown`."""
+        num_figures images to `shown`. seeds: as in whole_image.segment_images."""
         waiting = collections.deque()
 
         def images():
@@ -101,7 +101,7 @@ class Evaluator:
                 waiting.append((image, label))
                 yield network_input(image, config.data.input_view)
 
-        for p in whole_image.segment_images(spec, variables, images(), config.eval):
+        for p in whole_image.segment_images(spec, variables, images(), config.eval, seeds):
             image, label = waiting.popleft()
             record = metrics.image_record(label, p.instances.label, p.foreground)
             record["row"].update(
@@ -129,17 +129,21 @@ class Evaluator:
         *,
         show_progress: bool = False,
         num_figures: int = 0,
+        seeds=None,
     ) -> dict:
         """Score `variables` ({"params", "batch_stats"} on one device) of `spec` (see score).
 
         num_figures > 0 (instance evaluators): the result also holds "figures", the
         figures.outline_comparison of its first num_figures images, (H, 2 W + 4, 3) uint8.
+        seeds: a trained model whose nuclei seed spec's post-processing (whole_image).
         """
         shown: list[np.ndarray] = []
         if self.kind == "instance":
 
             def records_of(pairs):
-                return self._instance_records(config, spec, variables, pairs, shown, num_figures)
+                return self._instance_records(
+                    config, spec, variables, pairs, shown, num_figures, seeds
+                )
         else:
 
             def records_of(pairs):

@@ -79,7 +79,9 @@ def segment(model: workdirs.TrainedModel, rgb: np.ndarray) -> whole_image.ImageP
     """One (H, W, 3) uint8 image (to_rgb) through `model`: its input view, whole-image
     prediction and post-processing (the instances: (H, W) int32 ids and (N,) scores)."""
     image = network_input(rgb, model.config.data.input_view)
-    return whole_image.segment_image(model.spec, model.variables, image, model.config.eval)
+    return whole_image.segment_image(
+        model.spec, model.variables, image, model.config.eval, model.seeds
+    )
 
 
 def segment_each(
@@ -90,7 +92,9 @@ def segment_each(
     post-processed. `rgbs` is read one image ahead of what has been yielded."""
     view = model.config.data.input_view
     images = (network_input(rgb, view) for rgb in rgbs)
-    return whole_image.segment_images(model.spec, model.variables, images, model.config.eval)
+    return whole_image.segment_images(
+        model.spec, model.variables, images, model.config.eval, model.seeds
+    )
 
 
 def _segmented(model, loaded: Iterator[tuple]) -> Iterator[tuple]:

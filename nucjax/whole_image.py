@@ -190,9 +190,10 @@ class ImagePrediction(NamedTuple):
     scale: float = 1.0
 
 
-def instances(spec: ModelSpec, outputs, h: int, w: int) -> Instances:
-    """spec.postprocess of one image's outputs, as Instances of (h, w) int32 / float32."""
-    instances = spec.postprocess(outputs)
+def instances(spec: ModelSpec, outputs, h: int, w: int, seeds=None) -> Instances:
+    """spec.postprocess of one image's outputs (with `seeds`, (h, w) int nuclei of a seed
+    model, when given), as Instances of (h, w) int32 / float32."""
+    instances = spec.postprocess(outputs) if seeds is None else spec.postprocess(outputs, seeds)
     label = np.asarray(instances.label, np.int32)
     if label.shape != (h, w):
         raise ValueError(f"post-processing gave a label of shape {label.shape}, not {(h, w)}")
@@ -205,23 +206,35 @@ def foreground(spec: ModelSpec, outputs, h: int, w: int) -> np.ndarray:
     return np.asarray(spec.foreground(batched), np.float32)[0, :h, :w]
 
 
-def _first_pass(spec: ModelSpec, variables, image: np.ndarray, eval_config) -> tuple[Any, float]:
-    """(predict_image's outputs, its wall-clock seconds)."""
+def _first_pass(
+    spec: ModelSpec, variables, image: np.ndarray, eval_config, seeds=None
+) -> tuple[Any, float, np.ndarray | None]:
+    """(predict_image's outputs, wall-clock seconds, the seed model's nuclei or None)."""
     t0 = time.perf_counter()
     outputs = predict_image(spec, variables, image, eval_config)
-    return outputs, time.perf_counter() - t0
+    seed_label = None
+    if seeds is not None:
+        found = segment_image(seeds.spec, seeds.variables, image, seeds.config.eval)
+        seed_label = found.instances.label
+    return outputs, time.perf_counter() - t0, seed_label
 
 
 def _decode(
-    spec: ModelSpec, variables, image: np.ndarray, eval_config, outputs, predict_s: float
+    spec: ModelSpec,
+    variables,
+    image: np.ndarray,
+    eval_config,
+    outputs,
+    predict_s: float,
+    seed_label: np.ndarray | None,
 ) -> ImagePrediction:
-    """segment_image after its first network pass: post-processing, the nucleus_area second
-    pass when asked, the foreground map."""
+    """segment_image after its first network pass: post-processing (seeded by seed_label when
+    given), the nucleus_area second pass when asked, the foreground map."""
     h, w = image.shape[:2]
     t1 = time.perf_counter()
-    nuclei = instances(spec, outputs, h, w)
+    nuclei = instances(spec, outputs, h, w, seed_label)
     postprocess_s = time.perf_counter() - t1
-    scale = rescale_factor(spec, nuclei.label, eval_config)
+    scale = 1.0 if seed_label is not None else rescale_factor(spec, nuclei.label, eval_config)
     if scale != 1.0:
         t0 = time.perf_counter()
         outputs = predict_rescaled(spec, variables, image, scale, eval_config)
@@ -234,31 +247,38 @@ def _decode(
     return ImagePrediction(outputs, fg, nuclei, predict_s, postprocess_s, scale)
 
 
-def segment_image(spec: ModelSpec, variables, image: np.ndarray, eval_config) -> ImagePrediction:
+def segment_image(
+    spec: ModelSpec, variables, image: np.ndarray, eval_config, seeds=None
+) -> ImagePrediction:
     """predict_image, the foreground map and spec.postprocess of one normalised (H, W, 3) image.
+
+    seeds: None, or a trained model (workdir.TrainedModel, config.eval.seeds_from) of the same
+    input view whose nuclei seed spec.postprocess (spec.seedable); its network time counts in
+    predict_s, and no nucleus_area second pass runs.
 
     eval_config: config.eval (tiling, flip_tta, nucleus_area, min_scale, max_scale; the
     post-processing reads the config.eval the spec was built from). With nucleus_area > 0 and
     a "pixels" tiling, a second pass at rescale_factor runs when the first finds nuclei (see the
     module docstring); outputs, foreground and instances are then the second pass's, at (H, W).
     """
-    first = _first_pass(spec, variables, image, eval_config)
+    first = _first_pass(spec, variables, image, eval_config, seeds)
     return _decode(spec, variables, image, eval_config, *first)
 
 
 def segment_images(
-    spec: ModelSpec, variables, images: Iterable[np.ndarray], eval_config
+    spec: ModelSpec, variables, images: Iterable[np.ndarray], eval_config, seeds=None
 ) -> Iterator[ImagePrediction]:
     """segment_image of every (H, W, 3) image of `images`, in order, pipelined: image i is
     post-processed on a worker thread while the network runs on image i + 1 (XLA computes
     outside the GIL; JAX dispatch is thread-safe), so a run of images costs about their network
     time plus one post-processing. `images` is read one ahead of what has been yielded. Each
     prediction's timings are its own stages' wall-clock seconds, which may overlap another's.
+    seeds: as in segment_image.
     """
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="postprocess") as pool:
         pending = None
         for image in images:
-            first = _first_pass(spec, variables, image, eval_config)
+            first = _first_pass(spec, variables, image, eval_config, seeds)
             done = pending
             pending = pool.submit(_decode, spec, variables, image, eval_config, *first)
             if done is not None:

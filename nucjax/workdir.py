@@ -40,12 +40,14 @@ class ConfigMismatchError(ValueError):
 
 class TrainedModel(NamedTuple):
     """config: the resolved config; spec: its ModelSpec; variables: {"params", "batch_stats"}
-    on one device; step: the checkpoint's step."""
+    on one device; step: the checkpoint's step; seeds: the TrainedModel of
+    config.eval.seeds_from (whose nuclei seed this one's post-processing), or None."""
 
     config: Any
     spec: ModelSpec
     variables: dict
     step: int
+    seeds: Any = None
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -194,7 +196,31 @@ def load(workdir: str, config=None, step: int | None = None) -> TrainedModel:
         lambda: spec.init_variables(jax.random.PRNGKey(0), config.data.crop_size)
     )["params"]
     checkpoint.check_compatible(meta, checkpoint.describe(config.model.name, expected), where)
-    return TrainedModel(config, spec, variables, step)
+    return TrainedModel(config, spec, variables, step, _seed_model(config, spec))
+
+
+def _seed_model(config, spec: ModelSpec) -> TrainedModel | None:
+    """load(config.eval.seeds_from) with its own saved config, or None when it is "".
+
+    Raises ValueError when this model cannot take seeds, the seed model sees another input
+    view, has seeds of its own, or config.eval.nucleus_area is also set."""
+    path = config.eval.get("seeds_from", "")
+    if not path:
+        return None
+    field = f"config.eval.seeds_from={path!r}"
+    if not spec.seedable:
+        raise ValueError(f"{field}: seeds need a three-class per-pixel model, not this one")
+    if config.eval.nucleus_area > 0:
+        raise ValueError(f"{field} cannot be combined with config.eval.nucleus_area")
+    seeds = load(path)
+    if seeds.config.data.input_view != config.data.input_view:
+        raise ValueError(
+            f"{field}: that model takes input view {seeds.config.data.input_view!r}, this one "
+            f"{config.data.input_view!r}; both must see the same input"
+        )
+    if seeds.seeds is not None:
+        raise ValueError(f"{field}: that model has seeds_from of its own")
+    return seeds
 
 
 def export(workdir: str, output: str, step: int | None = None) -> dict:

@@ -86,10 +86,10 @@ def test_segment_many_yields_each_image_in_order_and_skips_bad_files(
     bad.write_text("not an image\n")
     runs, pipelined = [], whole_image.segment_images
 
-    def counted(spec, variables, images, eval_config):
+    def counted(spec, variables, images, eval_config, seeds=None):
         runs.append([])
         recorded = (runs[-1].append(x.shape) or x for x in images)
-        return pipelined(spec, variables, recorded, eval_config)
+        return pipelined(spec, variables, recorded, eval_config, seeds)
 
     monkeypatch.setattr(whole_image, "segment_images", counted)
     first, *rest = sorted(IMAGES)

@@ -114,3 +114,19 @@ def test_unlabelled_split_is_a_clear_error(threshold, monkeypatch):
         evaluate.evaluate(None, path, split="test")
     with pytest.raises(ValueError, match="unknown split 'tset'"):
         evaluate.evaluate(None, path, split="tset")
+
+
+def test_a_seeded_evaluation_is_written_beside_the_models_own(threshold, tmp_path):
+    from configs import unet
+    from tests.trained import save_checkpoint
+
+    _, seeds_path = threshold
+    config = unet.get_config("tiny")
+    config.model.target = "three_class"
+    save_checkpoint(config, str(tmp_path), step=3)
+    config.eval.seeds_from = seeds_path
+    report = evaluate.evaluate(config, str(tmp_path))
+    name = f"validation_step3_seeds_{seeds_path.rstrip('/').split('/')[-1]}"
+    assert report["json"].endswith(f"eval/{name}.json") and report["markdown"].endswith(".md")
+    assert report["settings"]["seeds_from"] == seeds_path
+    assert report["metrics"]["predicted_nuclei"] > 0  # seeded by the threshold model's nuclei

@@ -219,3 +219,43 @@ def test_watershed_by_component_equals_the_whole_image_flood(monkeypatch):
         binary.label,
         postprocess.instances_from_binary(_binary(truth), seed_depth=2.0, **EVAL).label,
     )
+
+
+def test_shrunk_nuclei_keeps_pixels_whose_window_holds_only_their_own_id():
+    label = np.zeros((7, 9), np.int32)
+    label[1:6, 1:4] = 1  # 5 x 3
+    label[1:6, 4:8] = 2  # 5 x 4, touching 1 along a column
+    got = postprocess.shrunk_nuclei(label, 1)
+    want = np.zeros_like(label)
+    want[2:5, 2] = 1  # column 3 touches id 2, column 1 touches background
+    want[2:5, 5:7] = 2
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(postprocess.shrunk_nuclei(label, 0), label)
+    assert not postprocess.shrunk_nuclei(label, 2).any()  # 3 px wide: nothing survives 5 x 5
+
+
+def test_seeded_decoding_takes_its_nuclei_from_the_seeds_and_its_edges_from_the_map():
+    truth = _touching_discs()
+    probs = _three_class(truth)
+    # A stray blob the seed model found nothing in: the map alone would make it a nucleus.
+    stray = np.zeros(truth.shape, bool)
+    stray[2:8, 2:8] = True
+    probs[stray] = (0.0, 1.0, 0.0)
+    # Seeds: the two nuclei, each a smaller, shifted disc (a detector's rough masks).
+    seeds = np.zeros_like(truth)
+    yy, xx = np.mgrid[: truth.shape[0], : truth.shape[1]]
+    seeds[np.hypot(yy - 30, xx - 27) <= 9] = 1
+    seeds[np.hypot(yy - 33, xx - 52) <= 9] = 2
+    got = postprocess.instances_from_three_class_seeded(probs, seeds, seed_erosion=2, **EVAL)
+    _check_labelling(got, 1.0 - probs[..., 0])
+    assert got.label.max() == 2 and not got.label[stray].any()
+    # The nuclei have the map's edges, not the seeds' (alone they score far lower).
+    assert metrics.evaluate_instances([truth], [got.label])["dsb_score"] > 0.9
+    assert metrics.evaluate_instances([truth], [seeds])["dsb_score"] < 0.3
+    # One seed over both nuclei: one nucleus, whatever the map's border says.
+    merged = postprocess.instances_from_three_class_seeded(
+        probs, (truth > 0).astype(np.int32), seed_erosion=2, **EVAL
+    )
+    assert merged.label.max() == 1
+    with pytest.raises(ValueError, match="seeds of shape"):
+        postprocess.instances_from_three_class_seeded(probs, seeds[:10], seed_erosion=2, **EVAL)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from configs import unet
-from nucjax import checkpoint, whole_image, workdir
-from tests.trained import synthetic_image, threshold_config, threshold_workdir
+from nucjax import checkpoint, postprocess, whole_image, workdir
+from nucjax.models import semantic
+from tests.trained import save_checkpoint, synthetic_image, threshold_config, threshold_workdir
 
 
 def test_load_restores_the_saved_weights_with_the_saved_config(tmp_path):
@@ -67,3 +68,56 @@ def test_a_config_saved_before_new_fields_gets_their_defaults(tmp_path):
     assert config.eval.flip_tta is False and config.model.dice_weight == 0.0
     assert config.eval.min_size == 7 and config.model.target == "binary"  # the run's own
     assert workdir.load(str(tmp_path)).step == 7
+
+
+def test_seeds_from_loads_the_seed_model_whose_nuclei_seed_the_three_class_decoding(tmp_path):
+    # Seed model: the threshold Simple CNN (finds the synthetic nuclei); seeded: a tiny
+    # three-class U-Net with random weights, input view rgb like the seed model's.
+    threshold_workdir(tmp_path / "seeds")
+    config = unet.get_config("tiny")
+    config.model.target = "three_class"
+    save_checkpoint(config, str(tmp_path / "unet"), step=2)
+    config.eval.seeds_from = str(tmp_path / "seeds")
+    config.eval.tile_size, config.eval.tile_overlap = 64, 16
+    model = workdir.load(str(tmp_path / "unet"), config)
+    assert model.seeds.step == 7 and model.seeds.config.model.name == "simple_cnn"
+
+    image, _ = synthetic_image((64, 64), seed=3)
+    got = whole_image.segment_image(model.spec, model.variables, image, config.eval, model.seeds)
+    ev = model.seeds.config.eval
+    ev.tile_size, ev.tile_overlap = 64, 16
+    seeds = whole_image.segment_image(model.seeds.spec, model.seeds.variables, image, ev)
+    assert seeds.instances.label.max() > 0
+    probs = semantic.probabilities(got.outputs, "three_class", config.model.output_activation)
+    want = postprocess.instances_from_three_class_seeded(
+        np.asarray(probs),
+        seeds.instances.label,
+        seed_erosion=config.eval.seed_erosion,
+        foreground_threshold=config.eval.foreground_threshold,
+        min_size=config.eval.min_size,
+        fill_holes=config.eval.fill_holes,
+        max_hole_size=config.eval.max_hole_size,
+    )
+    np.testing.assert_array_equal(got.instances.label, want.label)
+    # Without seeds the same outputs decode differently (else this test could not fail).
+    plain = whole_image.instances(model.spec, got.outputs, 64, 64).label
+    assert not np.array_equal(plain, want.label)
+
+
+def test_seeds_from_errors_name_the_field(tmp_path):
+    threshold_workdir(tmp_path / "seeds")
+    config = threshold_config()  # a binary model cannot be seeded
+    save_checkpoint(config, str(tmp_path / "binary"), step=1)
+    config.eval.seeds_from = str(tmp_path / "seeds")
+    with pytest.raises(ValueError, match="seeds_from=.*three-class per-pixel model"):
+        workdir.load(str(tmp_path / "binary"), config)
+    config = unet.get_config("tiny")
+    config.model.target = "three_class"
+    config.data.input_view = "grey_inverted"
+    save_checkpoint(config, str(tmp_path / "unet"), step=1)
+    config.eval.seeds_from = str(tmp_path / "seeds")
+    with pytest.raises(ValueError, match="input view 'rgb', this one 'grey_inverted'"):
+        workdir.load(str(tmp_path / "unet"), config)
+    config.eval.seeds_from = str(tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError):
+        workdir.load(str(tmp_path / "unet"), config)

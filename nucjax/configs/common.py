@@ -102,6 +102,11 @@ def get_config() -> ml_collections.ConfigDict:
     ev.max_scale = 2.0  # upper bound of the nucleus_area rescale factor
     ev.foreground_threshold = 0.5
     ev.seed_threshold = 0.5  # three-class: interior probability that makes a seed
+    # three-class: a trained instance model (workdir or bundle, e.g. a Mask R-CNN) whose
+    # nuclei, each shrunk by seed_erosion px, seed the watershed instead of the interior
+    # probability; foreground no such seed reaches is dropped. "" = off.
+    ev.seeds_from = ""
+    ev.seed_erosion = 2
     # binary: a distance-transform maximum seeds a nucleus when it stands this many pixels
     # above the saddle to any higher neighbour (h-maxima); lower splits more
     ev.seed_depth = 2.0

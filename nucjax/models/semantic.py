@@ -88,8 +88,18 @@ def semantic_loss(
     return terms, metrics.pixel_sums(fg_prob, label, batch["valid"])
 
 
-def semantic_postprocess(logits: np.ndarray, *, target: str, activation: str, eval_config):
-    """logits (H, W, C) of one image -> Instances (watershed; thresholds from config.eval)."""
+def semantic_postprocess(
+    logits: np.ndarray,
+    seeds: np.ndarray | None = None,
+    *,
+    target: str,
+    activation: str,
+    eval_config,
+):
+    """logits (H, W, C) of one image -> Instances (watershed; thresholds from config.eval).
+
+    seeds: (H, W) int nuclei of another model (config.eval.seeds_from; three-class only) that
+    seed the watershed (postprocess.instances_from_three_class_seeded)."""
     probs = np.asarray(probabilities(jnp.asarray(logits), target, activation))
     common = dict(
         foreground_threshold=eval_config.foreground_threshold,
@@ -97,6 +107,12 @@ def semantic_postprocess(logits: np.ndarray, *, target: str, activation: str, ev
         fill_holes=eval_config.fill_holes,
         max_hole_size=eval_config.max_hole_size,
     )
+    if seeds is not None:
+        if target != "three_class":
+            raise ValueError("config.eval.seeds_from needs a three-class per-pixel model")
+        return postprocess.instances_from_three_class_seeded(
+            probs, seeds, seed_erosion=eval_config.seed_erosion, **common
+        )
     if target == "three_class":
         return postprocess.instances_from_three_class(
             probs, seed_threshold=eval_config.seed_threshold, **common
@@ -128,6 +144,7 @@ def build_spec(module, config, *, stride: int, axis_name: str | None) -> ModelSp
         postprocess=functools.partial(semantic_postprocess, eval_config=config.eval, **kinds),
         stride=stride,
         axis_name=axis_name,
+        seedable=m.target == "three_class",
     )
 
 

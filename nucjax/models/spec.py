@@ -54,7 +54,9 @@ class ModelSpec:
         objective is sum over terms of psum(sum) / psum(count) across devices; metrics are
         reported the same way. Pure and jittable.
     foreground: eval outputs -> (B, H, W) float32 foreground probability, for pixel metrics.
-    postprocess: (outputs of one image as numpy, no batch axis) -> Instances.
+    postprocess: (outputs of one image as numpy, no batch axis) -> Instances. When `seedable`
+        it also takes seeds=(H, W) int nuclei of another model (config.eval.seeds_from) that
+        decide which nuclei there are, this model's outputs where their edges run.
     stride: H and W given to the module must be multiples of this.
     axis_name: the device axis batch norm synchronises over; nucjax.models.build sets it to
         nucjax.parallel.AXIS. None: no batch norm synchronisation.
@@ -83,6 +85,7 @@ class ModelSpec:
     frozen: Callable[[Any], Any] | None = None
     tiling: str = "pixels"
     compute_dtype: str = "float32"
+    seedable: bool = False
 
     def __post_init__(self):
         if self.tiling not in TILINGS:
