@@ -248,7 +248,16 @@ def main(argv):
 
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a misspelt --config.FIELD override as one line, not the
-    KeyError/AttributeError traceback ml_collections raises for it."""
+    KeyError/AttributeError traceback ml_collections raises for it, and an override without
+    the --config it would change as one line, not absl's "Unknown command line flag"."""
+    flags_given = [arg.split("=", 1)[0] for arg in argv[1:]]
+    overrides = [flag for flag in flags_given if flag.startswith("--config.")]
+    if overrides and "--config" not in flags_given:
+        sys.exit(
+            f"nucjax: {overrides[0]} overrides a field of --config, which is not given: add "
+            "the run's config (e.g. --config=unet:best; evaluate and predict refuse one that "
+            "builds another network)"
+        )
     try:
         return app.parse_flags_with_usage(argv)
     except (AttributeError, KeyError) as e:

@@ -62,11 +62,17 @@ def test_config_error_is_one_line_and_exit_code_1(tmp_path):
     assert not os.path.exists(tmp_path / "checkpoints")  # refused before anything was built
 
 
-def test_misspelt_config_field_is_one_line_naming_it(tmp_path):
+def test_misspelt_or_configless_override_is_one_line_naming_it(tmp_path):
     done = _run(TINY, f"--workdir={tmp_path}", "--config.train.max_minute=3")
     assert _error_lines(done) == [
         "nucjax: --config.train.max_minute: the config has no field 'max_minute'. "
         'Did you mean "max_minutes" instead of "max_minute"?'
+    ], done.stderr[-2000:]
+    done = _run("--mode=evaluate", f"--workdir={tmp_path}", "--config.eval.min_size=20")
+    assert _error_lines(done) == [
+        "nucjax: --config.eval.min_size overrides a field of --config, which is not given: add "
+        "the run's config (e.g. --config=unet:best; evaluate and predict refuse one that "
+        "builds another network)"
     ], done.stderr[-2000:]
 
 
