@@ -9,6 +9,8 @@ combination of the config.eval values in --grid and scores each (nucjax.metrics,
 modality). Prints a markdown table sorted by DSB score and the best setting as overrides to
 pass to evaluate/predict (--config.eval.NAME=VALUE). Validation stays untouched, so its score
 with the chosen setting is still an honest estimate (report it once).
+With --seeds_from=WORKDIR (a three-class model only) that model's nuclei, predicted once per
+image, seed every setting's decoding (config.eval.seeds_from; grid e.g. seed_erosion=1,2,3).
 """
 
 from __future__ import annotations
@@ -42,26 +44,32 @@ def main() -> None:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--grid", action="append", default=[], help="NAME=V1,V2,... (config.eval)")
+    parser.add_argument("--seeds_from", default="", help="workdir whose nuclei seed the decoding")
     args = parser.parse_args()
-    model = workdir.load(args.workdir)
-    config = model.config
+    config = workdir.saved_config(args.workdir)
+    config.eval.seeds_from = args.seeds_from
+    model = workdir.load(args.workdir, config)
     cached = []
     for _, image, label, modality in evaluators.labelled_images(config.data, "train", args.images):
         x = network_input(image, config.data.input_view)
         outputs = whole_image.predict_image(model.spec, model.variables, x, config.eval)
-        cached.append((outputs, label, modality))
+        seeds = None
+        if model.seeds is not None:
+            s = model.seeds
+            seeds = whole_image.segment_image(s.spec, s.variables, x, s.config.eval).instances.label
+        cached.append((outputs, label, modality, seeds))
     rows = []
     for setting in _grid(args.grid):
         trial = config.copy_and_resolve_references()
         trial.eval.update(setting)
         spec = models.build(trial)
         records = [
-            metrics.image_record(lab, whole_image.instances(spec, out, *lab.shape).label)
-            for out, lab, _ in cached
+            metrics.image_record(lab, whole_image.instances(spec, out, *lab.shape, seeds).label)
+            for out, lab, _, seeds in cached
         ]
         by_modality = {}
-        for m in sorted({m for _, _, m in cached}):
-            subset = [r for r, (_, _, mm) in zip(records, cached, strict=True) if mm == m]
+        for m in sorted({m for _, _, m, _ in cached}):
+            subset = [r for r, (_, _, mm, _) in zip(records, cached, strict=True) if mm == m]
             by_modality[m] = metrics.summarize(subset)["dsb_score"]
         rows.append((metrics.summarize(records)["dsb_score"], setting, by_modality))
     rows.sort(key=lambda r: -r[0])
