@@ -12,7 +12,9 @@ Variants (after the colon):
          with cosine decay, intensity and scale jitter; 3600 steps on 128x128 crops, about
          40 minutes on an idle 2-core CPU (validation DSB 0.493; 1200 steps, what ./launch.sh
          trains in under 20 minutes: 0.471; 7200 steps, 91 minutes: 0.497); flip
-         test-time augmentation, seed threshold 0.7
+         test-time augmentation, seed threshold 0.7. Most accurate of all with a trained
+         `mask_rcnn:best` as seeds: --config.eval.seeds_from=RUNS/mask_rcnn_best at
+         evaluate / predict (validation DSB 0.539 for the 7200-step U-Net; README)
   tiny   a 3-level, base-4 network on 64x64 synthetic crops, 2 steps: for tests
 """
 
