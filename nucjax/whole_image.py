@@ -253,7 +253,8 @@ def segment_image(
     """predict_image, the foreground map and spec.postprocess of one normalised (H, W, 3) image.
 
     seeds: None, or a trained model (workdir.TrainedModel, config.eval.seeds_from) of the same
-    input view whose nuclei seed spec.postprocess (spec.seedable); its network time counts in
+    input view whose nuclei seed spec.postprocess (spec.seedable); its whole segmentation
+    (network and post-processing, in the network's turn of segment_images) counts in
     predict_s, and no nucleus_area second pass runs.
 
     eval_config: config.eval (tiling, flip_tta, nucleus_area, min_scale, max_scale; the
