@@ -11,7 +11,9 @@ Variants (after the colon):
   best   quick, plus what generalises to unseen images (experiments/README.md, "Accuracy"):
          every modality as bright nuclei on dark (data.input_view=grey_inverted), intensity
          and scale jitter, 8000 steps (validation DSB 0.488; 0.460 at 4000 steps, 0.388 at
-         1000; about an hour on a loaded 2-core CPU)
+         1000; about an hour on a loaded 2-core CPU; 16000 steps, 94 minutes: 0.508, the
+         best single network). Its nuclei also seed the U-Net's watershed
+         (unet.py, eval.seeds_from), the most accurate setting
   tiny   a very narrow light network on 64x64 synthetic crops, 2 steps: for tests
 
 Transfer learning works as for configs/resnet.py (backbone="resnet" only): add
