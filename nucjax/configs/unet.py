@@ -14,7 +14,8 @@ Variants (after the colon):
          trains in under 20 minutes: 0.471; 7200 steps, 91 minutes: 0.497); flip
          test-time augmentation, seed threshold 0.7. Most accurate of all with a trained
          `mask_rcnn:best` as seeds: --config.eval.seeds_from=RUNS/mask_rcnn_best at
-         evaluate / predict (validation DSB 0.539 for the 7200-step U-Net; README)
+         evaluate / predict (validation DSB 0.549: the 7200-step U-Net seeded by the
+         16000-step detector)
   tiny   a 3-level, base-4 network on 64x64 synthetic crops, 2 steps: for tests
 """
 
