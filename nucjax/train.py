@@ -73,6 +73,8 @@ def init_state(spec: ModelSpec, tx, config, mesh) -> TrainState:
     init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
     init = jax.jit(lambda k: spec.init_variables(k, config.data.crop_size))
     variables = spec.prepare_variables(init(init_key))
+    if config.train.get("init_from", ""):
+        variables = initial_variables(config.train.init_from, config.model.name, variables)
 
     @jax.jit
     def make_state(variables):
@@ -85,6 +87,30 @@ def init_state(spec: ModelSpec, tx, config, mesh) -> TrainState:
         )
 
     return parallel.replicate(make_state(variables), mesh)
+
+
+def initial_variables(path: str, model_name: str, fresh: dict[str, Any]) -> dict[str, Any]:
+    """The variables of the trained model at `path` (config.train.init_from: a workdir or a
+    model bundle), to fine-tune in place of `fresh` (a freshly initialised tree of the same
+    network: same parameter names and shapes; its input view may differ).
+
+    Raises ValueError naming config.train.init_from when `path` holds no trained model or one
+    of another shape."""
+    field = f"config.train.init_from={path!r}"
+    try:
+        trained = workdirs.load(path)
+    except (OSError, ValueError) as e:  # no checkpoint, damaged, a bad bundle, ...
+        raise ValueError(f"{field}: {e}") from None
+    try:
+        checkpoint.check_compatible(
+            checkpoint.describe(trained.config.model.name, trained.variables["params"]),
+            checkpoint.describe(model_name, fresh["params"]),
+            path,
+        )
+    except checkpoint.IncompatibleCheckpointError as e:
+        raise ValueError(f"{field}: {e}") from None
+    logging.info("starting from the step-%d model of %s", trained.step, path)
+    return {k: trained.variables.get(k, v) for k, v in fresh.items()}
 
 
 def make_optimizer(spec: ModelSpec, config, total_steps: int) -> optax.GradientTransformation:

@@ -36,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Draw training images with weight n_modality ** -modality_balance (0 = the data set's own
     # mix; 1 = every modality equally often): nucjax.data.pipeline.sampling_weights.
     data.modality_balance = 0.0
-    data.input_view = "rgb"  # rgb | grey_inverted (nucjax.data.images.INPUT_VIEWS)
+    data.input_view = "rgb"  # rgb | grey_inverted | inverted (nucjax.data.images.INPUT_VIEWS)
     data.flips = True
     data.rot90 = True
     data.scale_jitter = 0.0  # random zoom in [1 - s, 1 + s]; 0 disables
@@ -76,6 +76,10 @@ def get_config() -> ml_collections.ConfigDict:
     # > 0: stop (checkpoint, evaluate, summary) once this many minutes of training are spent,
     # counted over resumed runs too (nucjax.budget); evaluation time is not counted. 0 = none.
     train.max_minutes = 0.0
+    # A trained model (workdir or model bundle) whose parameters and batch statistics replace
+    # the initial ones: fine-tuning, e.g. in another data.input_view or on another data mix.
+    # The optimizer and the step count start afresh; "" = train from scratch.
+    train.init_from = ""
 
     # Evaluation (nucjax.evaluators), the same in the trainer and in --mode=evaluate: whole
     # images through the tiling and post-processing below. The trainer scores

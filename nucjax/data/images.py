@@ -17,7 +17,11 @@ MODALITIES = ("fluorescence", "brightfield", "histology")
 #   grey_inverted  the mean of R, G, B, inverted when its median is above 127, repeated to 3
 #                  channels: every modality becomes bright nuclei on a dark background, as in
 #                  fluorescence (546 of the 670 training images).
-INPUT_VIEWS = ("rgb", "grey_inverted")
+#   inverted       the colours kept, all three inverted by the same rule (the mean's median
+#                  above 127): grey images exactly as grey_inverted, while H&E keeps the hue
+#                  that tells a pale nucleus from eosin-stained cytoplasm (so a grey_inverted
+#                  network can be fine-tuned on it: train.init_from).
+INPUT_VIEWS = ("rgb", "grey_inverted", "inverted")
 MIN_STD = 1.0  # grey levels; the normalisation's floor on the standard deviation
 
 
@@ -48,12 +52,13 @@ def input_view(rgb: np.ndarray, view: str) -> np.ndarray:
     """(H, W, 3) uint8 -> (H, W, 3) uint8 as the network sees it (INPUT_VIEWS)."""
     if view == "rgb":
         return rgb
-    if view != "grey_inverted":
+    if view not in INPUT_VIEWS:
         raise ValueError(f"config.data.input_view={view!r}; choose one of {INPUT_VIEWS}")
     grey = np.round(np.asarray(rgb, np.float32).mean(axis=-1)).astype(np.uint8)
-    if np.median(grey) > 127:
-        grey = 255 - grey
-    return np.repeat(grey[..., None], 3, axis=-1)
+    bright = np.median(grey) > 127
+    if view == "inverted":
+        return 255 - rgb if bright else rgb
+    return np.repeat((255 - grey if bright else grey)[..., None], 3, axis=-1)
 
 
 def normalize_image(image: np.ndarray) -> np.ndarray:

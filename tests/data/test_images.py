@@ -73,6 +73,24 @@ def test_input_view_grey_inverted_by_background():
         images.input_view(bright, "hsv")
 
 
+def test_input_view_inverted_keeps_colour_and_equals_grey_inverted_on_grey():
+    bright = np.full((4, 4, 3), 200, np.uint8)
+    bright[1, 1] = (30, 60, 90)
+    got = images.input_view(bright, "inverted")
+    np.testing.assert_array_equal(got[1, 1], (225, 195, 165))  # each channel 255 - it
+    np.testing.assert_array_equal(got[0, 0], (55, 55, 55))
+    dark = np.zeros((4, 4, 3), np.uint8)
+    dark[2, 2] = (250, 200, 0)
+    np.testing.assert_array_equal(images.input_view(dark, "inverted"), dark)
+    rng = np.random.default_rng(0)
+    for level in (20, 230):  # a dark and a bright grey image: the two views agree exactly
+        grey = np.clip(rng.normal(level, 30, (8, 8)), 0, 255).astype(np.uint8)
+        rgb = np.repeat(grey[..., None], 3, axis=-1)
+        np.testing.assert_array_equal(
+            images.input_view(rgb, "inverted"), images.input_view(rgb, "grey_inverted")
+        )
+
+
 def test_normalize_image():
     rng = np.random.default_rng(0)
     flat = images.normalize_image(np.full((5, 6, 3), 7, np.uint8))
