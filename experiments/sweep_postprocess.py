@@ -28,7 +28,7 @@ import nucjax.runtime  # noqa: E402
 nucjax.runtime.configure()
 
 from nucjax import evaluators, metrics, models, whole_image, workdir  # noqa: E402
-from nucjax.data.images import network_input  # noqa: E402
+from nucjax.data.images import convert_view, network_input  # noqa: E402
 
 
 def _grid(specs: list[str]) -> list[dict]:
@@ -56,7 +56,9 @@ def main() -> None:
         seeds = None
         if model.seeds is not None:
             s = model.seeds
-            seeds = whole_image.segment_image(s.spec, s.variables, x, s.config.eval).instances.label
+            own = convert_view(x, config.data.input_view, s.config.data.input_view)
+            found = whole_image.segment_image(s.spec, s.variables, own, s.config.eval)
+            seeds = found.instances.label
         cached.append((outputs, label, modality, seeds))
     rows = []
     for setting in _grid(args.grid):

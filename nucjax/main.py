@@ -237,6 +237,7 @@ def main(argv):
         parallel.DistributedSetupError,
         evaluators.UnlabelledSplitError,
         workdir.ConfigMismatchError,
+        workdir.WorkdirBusyError,  # another run trains in the same workdir
     ) as e:
         # Expected user errors: one line that says what is wrong, not a traceback.
         sys.exit(f"nucjax: {e}")

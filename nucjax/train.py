@@ -16,6 +16,7 @@ same evaluators --mode=evaluate uses; its scalars go to metrics.jsonl and Tensor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -94,13 +95,13 @@ def initial_variables(path: str, model_name: str, fresh: dict[str, Any]) -> dict
     model bundle), to fine-tune in place of `fresh` (a freshly initialised tree of the same
     network: same parameter names and shapes; its input view may differ).
 
-    Raises ValueError naming config.train.init_from when `path` holds no trained model or one
-    of another shape."""
+    Raises config_checks.ConfigError (a ValueError) naming config.train.init_from when `path`
+    holds no trained model or one of another shape."""
     field = f"config.train.init_from={path!r}"
     try:
         trained = workdirs.load(path)
     except (OSError, ValueError) as e:  # no checkpoint, damaged, a bad bundle, ...
-        raise ValueError(f"{field}: {e}") from None
+        raise config_checks.ConfigError(f"{field}: {e}") from None
     try:
         checkpoint.check_compatible(
             checkpoint.describe(trained.config.model.name, trained.variables["params"]),
@@ -108,7 +109,7 @@ def initial_variables(path: str, model_name: str, fresh: dict[str, Any]) -> dict
             path,
         )
     except checkpoint.IncompatibleCheckpointError as e:
-        raise ValueError(f"{field}: {e}") from None
+        raise config_checks.ConfigError(f"{field}: {e}") from None
     logging.info("starting from the step-%d model of %s", trained.step, path)
     return {k: trained.variables.get(k, v) for k, v in fresh.items()}
 
@@ -397,23 +398,31 @@ def train_and_evaluate(
     Raises Preempted after SIGTERM or SIGINT, with a checkpoint at the step it names
     (nucjax.preemption); running again resumes there.
     """
-    run = _Run(config, workdir)
-    batches = batches if batches is not None else _default_batches(config, run.start, run.mesh)
-    timer = budget.TrainingClock(run.train_seconds, 60.0 * config.train.max_minutes, clock)
-    bar = reporting.progress(run.steps, "train", "step", initial=run.start)
-    t_start = time.perf_counter()
-    with preemption.stop_signals() as stop:
-        try:
-            progress = _train_steps(config, run, batches, timer, stop, bar)
-        finally:
-            bar.close()
-            run.close()  # on any exit: nothing half-written survives
-    summary = run.summary(config, progress, timer, t_start)
-    if run.primary:
-        outputs.write_text(
-            os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2) + "\n"
-        )
+    # One run per workdir (process 0 holds the lock; the other hosts' processes share it).
+    lock = workdirs.training_lock if jax.process_index() == 0 else _no_lock
+    with lock(workdir):
+        run = _Run(config, workdir)
+        batches = batches if batches is not None else _default_batches(config, run.start, run.mesh)
+        timer = budget.TrainingClock(run.train_seconds, 60.0 * config.train.max_minutes, clock)
+        bar = reporting.progress(run.steps, "train", "step", initial=run.start)
+        t_start = time.perf_counter()
+        with preemption.stop_signals() as stop:
+            try:
+                progress = _train_steps(config, run, batches, timer, stop, bar)
+            finally:
+                bar.close()
+                run.close()  # on any exit: nothing half-written survives
+        summary = run.summary(config, progress, timer, t_start)
+        if run.primary:
+            outputs.write_text(
+                os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2) + "\n"
+            )
     return summary
+
+
+@contextlib.contextmanager
+def _no_lock(workdir: str) -> Iterator[None]:
+    yield
 
 
 __all__ = [

@@ -41,6 +41,7 @@ import numpy as np
 import skimage.transform
 
 from nucjax import tiling
+from nucjax.data.images import convert_view
 from nucjax.models.spec import Instances, ModelSpec
 
 # A rescale closer to 1 than this is not worth a second pass.
@@ -214,7 +215,9 @@ def _first_pass(
     outputs = predict_image(spec, variables, image, eval_config)
     seed_label = None
     if seeds is not None:
-        found = segment_image(seeds.spec, seeds.variables, image, seeds.config.eval)
+        view = seeds.config.data.input_view
+        own = convert_view(image, seeds.handed_view or view, view)
+        found = segment_image(seeds.spec, seeds.variables, own, seeds.config.eval)
         seed_label = found.instances.label
     return outputs, time.perf_counter() - t0, seed_label
 
@@ -252,9 +255,10 @@ def segment_image(
 ) -> ImagePrediction:
     """predict_image, the foreground map and spec.postprocess of one normalised (H, W, 3) image.
 
-    seeds: None, or a trained model (workdir.TrainedModel, config.eval.seeds_from) of the same
-    input view whose nuclei seed spec.postprocess (spec.seedable); its whole segmentation
-    (network and post-processing, in the network's turn of segment_images) counts in
+    seeds: None, or a trained model (workdir.TrainedModel, config.eval.seeds_from; its input
+    made from `image` by images.convert_view) whose nuclei seed spec.postprocess
+    (spec.seedable); its whole segmentation (network and post-processing, in the network's
+    turn of segment_images) counts in
     predict_s, and no nucleus_area second pass runs.
 
     eval_config: config.eval (tiling, flip_tta, nucleus_area, min_scale, max_scale; the

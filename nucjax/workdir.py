@@ -16,15 +16,21 @@ The trainer saves its resolved config as WORKDIR/config.json, so evaluate and pr
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib
 import json
 import os
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import jax
 import ml_collections
+import numpy as np
 
 from nucjax import bundle, checkpoint, models, outputs
+from nucjax.config_checks import ConfigError
+from nucjax.data.images import convert_view
 from nucjax.models.spec import ModelSpec
 
 CONFIG_FILE = "config.json"
@@ -41,13 +47,16 @@ class ConfigMismatchError(ValueError):
 class TrainedModel(NamedTuple):
     """config: the resolved config; spec: its ModelSpec; variables: {"params", "batch_stats"}
     on one device; step: the checkpoint's step; seeds: the TrainedModel of
-    config.eval.seeds_from (whose nuclei seed this one's post-processing), or None."""
+    config.eval.seeds_from (whose nuclei seed this one's post-processing), or None;
+    handed_view: for a seed model, the input view of the images it is handed (the seeded
+    model's), turned into its own by images.convert_view; "" = its own."""
 
     config: Any
     spec: ModelSpec
     variables: dict
     step: int
     seeds: Any = None
+    handed_view: str = ""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -59,6 +68,38 @@ def save_config(workdir: str, config) -> str:
     return outputs.write_text(
         os.path.join(workdir, CONFIG_FILE), config.to_json_best_effort(indent=2) + "\n"
     )
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another process is training in the same workdir."""
+
+
+@contextlib.contextmanager
+def training_lock(workdir: str) -> Iterator[None]:
+    """Holds WORKDIR/.training.lock (an exclusive flock, released by the kernel however the
+    process ends, so never stale) while a run trains: a second run in the same workdir
+    would interleave its checkpoints with this one's and crash deleting them.
+
+    Raises WorkdirBusyError naming the workdir and the holder's pid."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, ".training.lock"), "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise WorkdirBusyError(
+                f"{workdir} is in use: another nucjax run (pid {holder}) is training there; "
+                "wait for it to end or use another --workdir"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _merged(defaults: dict, saved: dict) -> dict:
@@ -202,25 +243,30 @@ def load(workdir: str, config=None, step: int | None = None) -> TrainedModel:
 def _seed_model(config, spec: ModelSpec) -> TrainedModel | None:
     """load(config.eval.seeds_from) with its own saved config, or None when it is "".
 
-    Raises ValueError when this model cannot take seeds, the seed model sees another input
-    view, has seeds of its own, or config.eval.nucleus_area is also set."""
+    Raises config_checks.ConfigError (a ValueError, one line in nucjax.main) when this model
+    cannot take seeds, the seed model's input view cannot be made from this one's
+    (images.convert_view), it has seeds of its own, or config.eval.nucleus_area is also set."""
     path = config.eval.get("seeds_from", "")
     if not path:
         return None
     field = f"config.eval.seeds_from={path!r}"
     if not spec.seedable:
-        raise ValueError(f"{field}: seeds need a three-class per-pixel model, not this one")
+        raise ConfigError(f"{field}: seeds need a three-class per-pixel model, not this one")
     if config.eval.nucleus_area > 0:
-        raise ValueError(f"{field} cannot be combined with config.eval.nucleus_area")
+        raise ConfigError(f"{field} cannot be combined with config.eval.nucleus_area")
     seeds = load(path)
-    if seeds.config.data.input_view != config.data.input_view:
-        raise ValueError(
-            f"{field}: that model takes input view {seeds.config.data.input_view!r}, this one "
-            f"{config.data.input_view!r}; both must see the same input"
+    try:  # a dummy image: can this model's input be turned into the seed model's?
+        convert_view(
+            np.zeros((1, 1, 3), np.float32), config.data.input_view, seeds.config.data.input_view
         )
+    except ValueError:
+        raise ConfigError(
+            f"{field}: that model takes input view {seeds.config.data.input_view!r}, which "
+            f"cannot be made from this one's {config.data.input_view!r}"
+        ) from None
     if seeds.seeds is not None:
-        raise ValueError(f"{field}: that model has seeds_from of its own")
-    return seeds
+        raise ConfigError(f"{field}: that model has seeds_from of its own")
+    return seeds._replace(handed_view=config.data.input_view)
 
 
 def export(workdir: str, output: str, step: int | None = None) -> dict:
@@ -247,9 +293,11 @@ def export(workdir: str, output: str, step: int | None = None) -> dict:
 __all__ = [
     "ConfigMismatchError",
     "TrainedModel",
+    "WorkdirBusyError",
     "export",
     "load",
     "output_dir",
     "resolve_config",
     "save_config",
+    "training_lock",
 ]

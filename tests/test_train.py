@@ -354,3 +354,13 @@ def test_init_from_starts_from_a_trained_model_even_in_another_view(tmp_path):
     config.train.init_from = str(tmp_path / "nothing")
     with pytest.raises(ValueError, match=r"config.train.init_from=.*nothing.*config.json"):
         train.init_state(models.build(config), tx, config, mesh)
+
+
+def test_a_second_run_in_the_same_workdir_is_refused_before_it_writes(tmp_path):
+    path = str(tmp_path / "run")
+    with workdir.training_lock(path):  # as a run training there holds it
+        with pytest.raises(workdir.WorkdirBusyError, match=rf"run is in use.*pid {os.getpid()}"):
+            train.train_and_evaluate(tiny(unet, num_steps=1), path)
+        assert sorted(os.listdir(path)) == [".training.lock"]  # no config, no checkpoint
+    with workdir.training_lock(path):  # released when the holder ends
+        pass

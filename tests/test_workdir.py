@@ -7,8 +7,15 @@ import pytest
 
 from configs import unet
 from nucjax import checkpoint, postprocess, whole_image, workdir
+from nucjax.data.images import convert_view
 from nucjax.models import semantic
-from tests.trained import save_checkpoint, synthetic_image, threshold_config, threshold_workdir
+from tests.trained import (
+    save_checkpoint,
+    synthetic_image,
+    threshold_config,
+    threshold_params,
+    threshold_workdir,
+)
 
 
 def test_load_restores_the_saved_weights_with_the_saved_config(tmp_path):
@@ -116,8 +123,36 @@ def test_seeds_from_errors_name_the_field(tmp_path):
     config.data.input_view = "grey_inverted"
     save_checkpoint(config, str(tmp_path / "unet"), step=1)
     config.eval.seeds_from = str(tmp_path / "seeds")
-    with pytest.raises(ValueError, match="input view 'rgb', this one 'grey_inverted'"):
+    with pytest.raises(ValueError, match="input view 'rgb', which cannot be made from .*'grey"):
         workdir.load(str(tmp_path / "unet"), config)
     config.eval.seeds_from = str(tmp_path / "nothing")
     with pytest.raises(FileNotFoundError):
         workdir.load(str(tmp_path / "unet"), config)
+
+
+def test_a_seed_model_of_another_view_gets_its_own_input(tmp_path):
+    # Seed model in grey_inverted, seeded U-Net in inverted: the seeds are those the seed
+    # model finds in the grey view made from the U-Net's input (images.convert_view).
+    seed_config = threshold_config()
+    seed_config.data.input_view = "grey_inverted"
+    save_checkpoint(seed_config, str(tmp_path / "seeds"), step=7, params_fn=threshold_params)
+    config = unet.get_config("tiny")
+    config.model.target = "three_class"
+    config.data.input_view = "inverted"
+    save_checkpoint(config, str(tmp_path / "unet"), step=2)
+    config.eval.seeds_from = str(tmp_path / "seeds")
+    config.eval.tile_size, config.eval.tile_overlap = 64, 16
+    model = workdir.load(str(tmp_path / "unet"), config)
+    assert model.seeds.handed_view == "inverted" and model.handed_view == ""
+
+    image, _ = synthetic_image((64, 64), seed=3)
+    image = image * np.array([1.0, 0.2, 0.6], np.float32) + np.float32([1.0, 0, 0])  # colour
+    got = whole_image.segment_image(model.spec, model.variables, image, config.eval, model.seeds)
+    ev = model.seeds.config.eval
+    ev.tile_size, ev.tile_overlap = 64, 16
+    grey = convert_view(image, "inverted", "grey_inverted")
+    seeds = whole_image.segment_image(model.seeds.spec, model.seeds.variables, grey, ev)
+    want = whole_image.instances(model.spec, got.outputs, 64, 64, seeds.instances.label)
+    np.testing.assert_array_equal(got.instances.label, want.label)
+    unconverted = whole_image.segment_image(model.seeds.spec, model.seeds.variables, image, ev)
+    assert not np.array_equal(unconverted.instances.label, seeds.instances.label)

@@ -73,6 +73,23 @@ def network_input(rgb: np.ndarray, view: str) -> np.ndarray:
     return normalize_image(input_view(rgb, view))
 
 
+def convert_view(x: np.ndarray, view: str, to: str) -> np.ndarray:
+    """A normalised (H, W, 3) float32 network input of `view` -> the same image's input of view
+    `to`, where that can be told from it: the same view, or inverted -> grey_inverted (the
+    channel mean, normalised again; grey_inverted rounds the mean to a grey level first, so
+    the two differ by at most 0.5 grey level over the image's standard deviation). Lets a
+    model of one view seed another's decoding (config.eval.seeds_from).
+
+    Raises ValueError naming both views for any other pair."""
+    if view == to:
+        return x
+    if (view, to) != ("inverted", "grey_inverted"):
+        raise ValueError(f"an input of view {view!r} cannot be turned into view {to!r}")
+    grey = np.asarray(x, np.float32).mean(axis=-1, keepdims=True)
+    grey = (grey - grey.mean()) / max(float(grey.std()), 1e-6)
+    return np.repeat(grey, 3, axis=-1).astype(np.float32)
+
+
 def _hue_degrees(rgb: np.ndarray) -> np.ndarray:
     """rgb: (N, 3) float in [0, 1] with max > min -> hue (N,) in [0, 360)."""
     r, g, b = rgb.T

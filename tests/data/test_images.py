@@ -103,3 +103,22 @@ def test_normalize_image():
     got = images.normalize_image(image)
     assert abs(got.mean()) < 1e-5 and abs(got.std() - 1) < 1e-5
     np.testing.assert_array_equal(images.normalize_image(np.full((2, 2, 3), 9)), 0.0)
+
+
+def test_convert_view_inverted_to_grey_inverted_matches_the_direct_view():
+    rng = np.random.default_rng(1)
+    for base in (40, 210):  # dark fluorescence-like and bright H&E-like colour images
+        rgb = np.clip(rng.normal(base, 25, (32, 40, 3)), 0, 255).astype(np.uint8)
+        rgb[8:16, 8:20] = (120, 40, 160)  # a purple nucleus
+        direct = images.network_input(rgb, "grey_inverted")
+        got = images.convert_view(
+            images.network_input(rgb, "inverted"), "inverted", "grey_inverted"
+        )
+        assert got.shape == direct.shape and got.dtype == np.float32
+        grey_std = rgb.astype(np.float64).mean(axis=-1).std()
+        # grey_inverted rounds the mean to a grey level first: at most 0.5 level apart
+        np.testing.assert_allclose(got, direct, atol=0.5 / grey_std + 1e-5)
+    x = images.network_input(rgb, "rgb")
+    assert images.convert_view(x, "rgb", "rgb") is x
+    with pytest.raises(ValueError, match="view 'rgb' cannot be turned into view 'grey_inverted'"):
+        images.convert_view(x, "rgb", "grey_inverted")
