@@ -399,8 +399,8 @@ def train_and_evaluate(
     (nucjax.preemption); running again resumes there.
     """
     # One run per workdir (process 0 holds the lock; the other hosts' processes share it).
-    lock = workdirs.training_lock if jax.process_index() == 0 else _no_lock
-    with lock(workdir):
+    primary = jax.process_index() == 0
+    with workdirs.training_lock(workdir) if primary else contextlib.nullcontext():
         run = _Run(config, workdir)
         batches = batches if batches is not None else _default_batches(config, run.start, run.mesh)
         timer = budget.TrainingClock(run.train_seconds, 60.0 * config.train.max_minutes, clock)
@@ -418,11 +418,6 @@ def train_and_evaluate(
                 os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2) + "\n"
             )
     return summary
-
-
-@contextlib.contextmanager
-def _no_lock(workdir: str) -> Iterator[None]:
-    yield
 
 
 __all__ = [

@@ -258,8 +258,7 @@ def segment_image(
     seeds: None, or a trained model (workdir.TrainedModel, config.eval.seeds_from; its input
     made from `image` by images.convert_view) whose nuclei seed spec.postprocess
     (spec.seedable); its whole segmentation (network and post-processing, in the network's
-    turn of segment_images) counts in
-    predict_s, and no nucleus_area second pass runs.
+    turn of segment_images) counts in predict_s, and no nucleus_area second pass runs.
 
     eval_config: config.eval (tiling, flip_tta, nucleus_area, min_scale, max_scale; the
     post-processing reads the config.eval the spec was built from). With nucleus_area > 0 and
