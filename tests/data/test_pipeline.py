@@ -50,7 +50,7 @@ def test_resume_is_exact():
     assert far["image"].shape == (2, 32, 32, 3)
 
 
-@pytest.mark.parametrize("view", ["rgb", "grey_inverted"])
+@pytest.mark.parametrize("view", ["rgb", "grey_inverted", "inverted"])
 def test_each_epoch_shows_every_image_once(view):
     """Crop = image size and no augmentation: each example is one whole image exactly as
     evaluation and predict give it to the network (images.network_input)."""
