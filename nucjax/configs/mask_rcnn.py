@@ -16,7 +16,7 @@ Variants (after the colon):
          (unet.py, eval.seeds_from), the most accurate setting. Colour images gain from a
          second stage that fine-tunes a trained run in colour: --config.train.init_from=RUN
          --config.data.input_view=inverted --config.data.modality_balance=0.5 (24 minutes
-         from the 16000-step run: 0.520, colour images 0.264 -> 0.322)
+         from the 16000-step run: 0.532, colour images 0.264 -> 0.314)
   tiny   a very narrow light network on 64x64 synthetic crops, 2 steps: for tests
 
 Transfer learning works as for configs/resnet.py (backbone="resnet" only): add
