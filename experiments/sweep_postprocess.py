@@ -28,7 +28,7 @@ import nucjax.runtime  # noqa: E402
 nucjax.runtime.configure()
 
 from nucjax import evaluators, metrics, models, whole_image, workdir  # noqa: E402
-from nucjax.data.images import convert_view, network_input  # noqa: E402
+from nucjax.data.images import network_input  # noqa: E402
 
 
 def _grid(specs: list[str]) -> list[dict]:
@@ -53,12 +53,7 @@ def main() -> None:
     for _, image, label, modality in evaluators.labelled_images(config.data, "train", args.images):
         x = network_input(image, config.data.input_view)
         outputs = whole_image.predict_image(model.spec, model.variables, x, config.eval)
-        seeds = None
-        if model.seeds is not None:
-            s = model.seeds
-            own = convert_view(x, config.data.input_view, s.config.data.input_view)
-            found = whole_image.segment_image(s.spec, s.variables, own, s.config.eval)
-            seeds = found.instances.label
+        seeds = None if model.seeds is None else whole_image.seed_nuclei(model.seeds, x)
         cached.append((outputs, label, modality, seeds))
     rows = []
     for setting in _grid(args.grid):

@@ -213,13 +213,17 @@ def _first_pass(
     """(predict_image's outputs, wall-clock seconds, the seed model's nuclei or None)."""
     t0 = time.perf_counter()
     outputs = predict_image(spec, variables, image, eval_config)
-    seed_label = None
-    if seeds is not None:
-        view = seeds.config.data.input_view
-        own = convert_view(image, seeds.handed_view or view, view)
-        found = segment_image(seeds.spec, seeds.variables, own, seeds.config.eval)
-        seed_label = found.instances.label
+    seed_label = None if seeds is None else seed_nuclei(seeds, image)
     return outputs, time.perf_counter() - t0, seed_label
+
+
+def seed_nuclei(seeds, image: np.ndarray) -> np.ndarray:
+    """(H, W) int32 nuclei that the seed model `seeds` (workdir.TrainedModel) finds in the
+    normalised (H, W, 3) image of the seeded model, after images.convert_view from that
+    model's view (seeds.handed_view) to its own."""
+    view = seeds.config.data.input_view
+    own = convert_view(image, seeds.handed_view or view, view)
+    return segment_image(seeds.spec, seeds.variables, own, seeds.config.eval).instances.label
 
 
 def _decode(
@@ -299,6 +303,7 @@ __all__ = [
     "predict_image",
     "predict_rescaled",
     "rescale_factor",
+    "seed_nuclei",
     "segment_image",
     "segment_images",
 ]

@@ -26,11 +26,10 @@ from typing import Any, NamedTuple
 
 import jax
 import ml_collections
-import numpy as np
 
 from nucjax import bundle, checkpoint, models, outputs
 from nucjax.config_checks import ConfigError
-from nucjax.data.images import convert_view
+from nucjax.data.images import convertible
 from nucjax.models.spec import ModelSpec
 
 CONFIG_FILE = "config.json"
@@ -255,15 +254,11 @@ def _seed_model(config, spec: ModelSpec) -> TrainedModel | None:
     if config.eval.nucleus_area > 0:
         raise ConfigError(f"{field} cannot be combined with config.eval.nucleus_area")
     seeds = load(path)
-    try:  # a dummy image: can this model's input be turned into the seed model's?
-        convert_view(
-            np.zeros((1, 1, 3), np.float32), config.data.input_view, seeds.config.data.input_view
-        )
-    except ValueError:
+    if not convertible(config.data.input_view, seeds.config.data.input_view):
         raise ConfigError(
             f"{field}: that model takes input view {seeds.config.data.input_view!r}, which "
             f"cannot be made from this one's {config.data.input_view!r}"
-        ) from None
+        )
     if seeds.seeds is not None:
         raise ConfigError(f"{field}: that model has seeds_from of its own")
     return seeds._replace(handed_view=config.data.input_view)

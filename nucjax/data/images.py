@@ -73,6 +73,11 @@ def network_input(rgb: np.ndarray, view: str) -> np.ndarray:
     return normalize_image(input_view(rgb, view))
 
 
+def convertible(view: str, to: str) -> bool:
+    """Whether convert_view turns a normalised input of `view` into one of view `to`."""
+    return view == to or (view, to) == ("inverted", "grey_inverted")
+
+
 def convert_view(x: np.ndarray, view: str, to: str) -> np.ndarray:
     """A normalised (H, W, 3) float32 network input of `view` -> the same image's input of view
     `to`, where that can be told from it: the same view, or inverted -> grey_inverted (the
@@ -81,10 +86,10 @@ def convert_view(x: np.ndarray, view: str, to: str) -> np.ndarray:
     model of one view seed another's decoding (config.eval.seeds_from).
 
     Raises ValueError naming both views for any other pair."""
+    if not convertible(view, to):
+        raise ValueError(f"an input of view {view!r} cannot be turned into view {to!r}")
     if view == to:
         return x
-    if (view, to) != ("inverted", "grey_inverted"):
-        raise ValueError(f"an input of view {view!r} cannot be turned into view {to!r}")
     grey = np.asarray(x, np.float32).mean(axis=-1, keepdims=True)
     grey = (grey - grey.mean()) / max(float(grey.std()), 1e-6)
     return np.repeat(grey, 3, axis=-1).astype(np.float32)
