@@ -74,8 +74,6 @@ def init_state(spec: ModelSpec, tx, config, mesh) -> TrainState:
     init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
     init = jax.jit(lambda k: spec.init_variables(k, config.data.crop_size))
     variables = spec.prepare_variables(init(init_key))
-    if config.train.get("init_from", ""):
-        variables = initial_variables(config.train.init_from, config.model.name, variables)
 
     @jax.jit
     def make_state(variables):
@@ -246,8 +244,10 @@ class _Run:
             workdirs.save_config(workdir, config)
 
     def _restore(self, config, workdir: str, fresh: TrainState) -> None:
-        """Sets self.state to workdir's latest checkpoint (else `fresh`), self.start to its step
-        and self.train_seconds to the training seconds it had spent (nucjax.budget)."""
+        """Sets self.state to workdir's latest checkpoint (else `fresh`, with the weights of
+        config.train.init_from when set: read only when there is nothing to resume), self.start
+        to its step and self.train_seconds to the training seconds it had spent
+        (nucjax.budget)."""
         self.meta = checkpoint.describe(config.model.name, fresh.params)
         self.ckpt = checkpoint.Checkpointer(
             workdirs.checkpoint_dir(workdir),
@@ -265,6 +265,9 @@ class _Run:
         if restored is not None:
             self.train_seconds = float(self.ckpt.saved_meta(restored).get("train_seconds", 0.0))
             logging.info("resuming from step %d of %d", self.start, self.steps)
+        elif config.train.get("init_from", ""):
+            start = initial_variables(config.train.init_from, config.model.name, fresh.variables)
+            self.state = self.state.replace(**parallel.replicate(start, self.mesh))
 
     def close(self) -> None:
         """Waits for a checkpoint in flight (nothing half-written survives), then closes."""

@@ -331,29 +331,36 @@ def test_main_trains_and_rejects_mistyped_override(tmp_path):
 
 
 def test_init_from_starts_from_a_trained_model_even_in_another_view(tmp_path):
-    from tests.trained import threshold_config, threshold_workdir
+    from tests.trained import save_checkpoint, threshold_config, threshold_workdir
 
     threshold_workdir(tmp_path / "trained")
     config = threshold_config()
     config.data.input_view = "inverted"  # fine-tuning may change what the network sees
     config.train.init_from = str(tmp_path / "trained")
-    spec = models.build(config)
-    tx = train.make_optimizer(spec, config, 10)
-    mesh = parallel.make_mesh(jax.devices()[:1])
-    state = jax.device_get(train.init_state(spec, tx, config, mesh))
+    run = train._Run(config, str(tmp_path / "fine_tune"))
+    run.close()
+    state = jax.device_get(run.state)
     want = jax.device_get(workdir.load(str(tmp_path / "trained")).variables)
     for got, expected in ((state.params, want["params"]), (state.batch_stats, want["batch_stats"])):
         jax.tree.map(np.testing.assert_array_equal, got, expected)
     assert np.asarray(state.params["output"]["kernel"])[1, 1, 0, 0] == 20.0  # not a fresh init
-    assert int(state.step) == 0  # the optimizer and the step count start afresh
+    assert int(state.step) == 0 and run.start == 0  # the optimizer and step count start afresh
     assert all(not np.any(x) for x in jax.tree.leaves(state.opt_state) if np.ndim(x) > 0)
 
-    config.model.width = 16
-    with pytest.raises(ValueError, match=r"config.train.init_from=.*differently shaped"):
-        train.init_state(models.build(config), tx, config, mesh)
+    # A resumed fine-tune reads its own checkpoint only: init_from may be gone by then.
+    save_checkpoint(config, str(tmp_path / "resumed"), step=3)
     config.train.init_from = str(tmp_path / "nothing")
+    run = train._Run(config, str(tmp_path / "resumed"))  # no error: "nothing" is never read
+    run.close()
+    saved = jax.device_get(workdir.load(str(tmp_path / "resumed")).variables["params"])
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(run.state.params), saved)
+
     with pytest.raises(ValueError, match=r"config.train.init_from=.*nothing.*config.json"):
-        train.init_state(models.build(config), tx, config, mesh)
+        train._Run(config, str(tmp_path / "fresh"))
+    config.model.width = 16
+    config.train.init_from = str(tmp_path / "trained")
+    with pytest.raises(ValueError, match=r"config.train.init_from=.*differently shaped"):
+        train._Run(config, str(tmp_path / "wider"))
 
 
 def test_a_second_run_in_the_same_workdir_is_refused_before_it_writes(tmp_path):
