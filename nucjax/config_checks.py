@@ -78,6 +78,8 @@ RULES = tuple(
         ("eval.min_scale", _above(0)),
         ("eval.foreground_threshold", _UNIT),
         ("eval.seed_threshold", _UNIT),
+        ("eval.seed_min_score", _UNIT),
+        ("eval.seed_foreground_threshold", _UNIT),
         ("eval.seed_depth", _at_least(0)),
         ("eval.min_size", _at_least(0)),
         ("eval.max_hole_size", _at_least(0)),

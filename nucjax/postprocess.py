@@ -215,6 +215,13 @@ def shrunk_nuclei(label: np.ndarray, erosion: int) -> np.ndarray:
     return np.where(alone, label, 0)
 
 
+def confident(instances: Instances, min_score: float) -> np.ndarray:
+    """(H, W) int32 label of `instances` without the nuclei scored below min_score (their
+    pixels become background; the other ids are kept)."""
+    keep = np.concatenate([[False], np.asarray(instances.scores) >= min_score])
+    return np.where(keep[instances.label], instances.label, 0).astype(np.int32)
+
+
 def instances_from_three_class_seeded(
     probs: np.ndarray,
     seeds: np.ndarray,
@@ -224,6 +231,7 @@ def instances_from_three_class_seeded(
     min_size: int,
     fill_holes: bool,
     max_hole_size: int = MAX_HOLE_SIZE,
+    seed_foreground_threshold: float | None = None,
 ) -> Instances:
     """Nuclei from (H, W, 3) [background, interior, border] probabilities, seeded by another
     model's nuclei `seeds` ((H, W) int ids, 0 background; e.g. a Mask R-CNN's).
@@ -232,6 +240,9 @@ def instances_from_three_class_seeded(
     (1 - background > foreground_threshold), is one marker; the watershed of border - interior
     floods the foreground from them. Foreground that no marker reaches is dropped: the seed
     model decides how many nuclei there are and where, this model where their edges run.
+    seed_foreground_threshold (below foreground_threshold; None = the same): within the seed
+    nuclei, 1 - background above it is foreground too, so a nucleus this model sees only
+    faintly (or, at 0, not at all) keeps the seed model's outline.
     Then clean_instances(min_size, fill_holes). Scores: mean foreground probability.
     """
     probs = np.asarray(probs, np.float32)
@@ -240,6 +251,8 @@ def instances_from_three_class_seeded(
     interior, border = probs[..., 1], probs[..., 2]
     foreground_prob = 1.0 - probs[..., 0]
     mask = foreground_prob > foreground_threshold
+    if seed_foreground_threshold is not None:
+        mask |= (seeds > 0) & (foreground_prob > seed_foreground_threshold)
     markers = np.where(mask, shrunk_nuclei(seeds, seed_erosion), 0)
     label = watershed_in_mask(border - interior, markers, mask)
     return _instances(clean_instances(label, min_size, fill_holes, max_hole_size), foreground_prob)

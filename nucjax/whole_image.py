@@ -192,8 +192,8 @@ class ImagePrediction(NamedTuple):
 
 
 def instances(spec: ModelSpec, outputs, h: int, w: int, seeds=None) -> Instances:
-    """spec.postprocess of one image's outputs (with `seeds`, (h, w) int nuclei of a seed
-    model, when given), as Instances of (h, w) int32 / float32."""
+    """spec.postprocess of one image's outputs (with `seeds`, a seed model's Instances of the
+    image (seed_nuclei), when given), as Instances of (h, w) int32 / float32."""
     instances = spec.postprocess(outputs) if seeds is None else spec.postprocess(outputs, seeds)
     label = np.asarray(instances.label, np.int32)
     if label.shape != (h, w):
@@ -209,21 +209,21 @@ def foreground(spec: ModelSpec, outputs, h: int, w: int) -> np.ndarray:
 
 def _first_pass(
     spec: ModelSpec, variables, image: np.ndarray, eval_config, seeds=None
-) -> tuple[Any, float, np.ndarray | None]:
-    """(predict_image's outputs, wall-clock seconds, the seed model's nuclei or None)."""
+) -> tuple[Any, float, Instances | None]:
+    """(predict_image's outputs, wall-clock seconds, the seed model's Instances or None)."""
     t0 = time.perf_counter()
     outputs = predict_image(spec, variables, image, eval_config)
-    seed_label = None if seeds is None else seed_nuclei(seeds, image)
-    return outputs, time.perf_counter() - t0, seed_label
+    seed_instances = None if seeds is None else seed_nuclei(seeds, image)
+    return outputs, time.perf_counter() - t0, seed_instances
 
 
-def seed_nuclei(seeds, image: np.ndarray) -> np.ndarray:
-    """(H, W) int32 nuclei that the seed model `seeds` (workdir.TrainedModel) finds in the
-    normalised (H, W, 3) image of the seeded model, after images.convert_view from that
-    model's view (seeds.handed_view) to its own."""
+def seed_nuclei(seeds, image: np.ndarray) -> Instances:
+    """The nuclei (Instances: (H, W) int32 label, (N,) scores) that the seed model `seeds`
+    (workdir.TrainedModel) finds in the normalised (H, W, 3) image of the seeded model, after
+    images.convert_view from that model's view (seeds.handed_view) to its own."""
     view = seeds.config.data.input_view
     own = convert_view(image, seeds.handed_view or view, view)
-    return segment_image(seeds.spec, seeds.variables, own, seeds.config.eval).instances.label
+    return segment_image(seeds.spec, seeds.variables, own, seeds.config.eval).instances
 
 
 def _decode(
@@ -233,15 +233,15 @@ def _decode(
     eval_config,
     outputs,
     predict_s: float,
-    seed_label: np.ndarray | None,
+    seed_instances: Instances | None,
 ) -> ImagePrediction:
-    """segment_image after its first network pass: post-processing (seeded by seed_label when
-    given), the nucleus_area second pass when asked, the foreground map."""
+    """segment_image after its first network pass: post-processing (seeded by seed_instances
+    when given), the nucleus_area second pass when asked, the foreground map."""
     h, w = image.shape[:2]
     t1 = time.perf_counter()
-    nuclei = instances(spec, outputs, h, w, seed_label)
+    nuclei = instances(spec, outputs, h, w, seed_instances)
     postprocess_s = time.perf_counter() - t1
-    scale = 1.0 if seed_label is not None else rescale_factor(spec, nuclei.label, eval_config)
+    scale = 1.0 if seed_instances is not None else rescale_factor(spec, nuclei.label, eval_config)
     if scale != 1.0:
         t0 = time.perf_counter()
         outputs = predict_rescaled(spec, variables, image, scale, eval_config)

@@ -259,3 +259,50 @@ def test_seeded_decoding_takes_its_nuclei_from_the_seeds_and_its_edges_from_the_
     assert merged.label.max() == 1
     with pytest.raises(ValueError, match="seeds of shape"):
         postprocess.instances_from_three_class_seeded(probs, seeds[:10], seed_erosion=2, **EVAL)
+
+
+def test_seed_foreground_threshold_keeps_what_the_map_sees_faintly_within_a_seed():
+    truth = _touching_discs()
+    probs = _three_class(truth)
+    seeds = np.where(ndimage.binary_erosion(truth > 0, iterations=4), truth, 0)
+    # A third nucleus the map sees faintly (foreground 0.3 on a 9 x 9 square) and a seed
+    # covers, and a fourth seed where the map sees next to nothing (0.01).
+    faint = np.zeros(truth.shape, bool)
+    faint[3:12, 3:12] = True
+    probs[faint] = (0.7, 0.2, 0.1)
+    seeds[faint] = 3
+    nothing = np.zeros(truth.shape, bool)
+    nothing[50:60, 3:12] = True
+    probs[nothing] = (0.99, 0.005, 0.005)
+    seeds[nothing] = 4
+    assert not truth[faint | nothing].any()
+    plain = postprocess.instances_from_three_class_seeded(probs, seeds, seed_erosion=2, **EVAL)
+    low = postprocess.instances_from_three_class_seeded(
+        probs, seeds, seed_erosion=2, seed_foreground_threshold=0.25, **EVAL
+    )
+    union = postprocess.instances_from_three_class_seeded(
+        probs, seeds, seed_erosion=2, seed_foreground_threshold=0.0, **EVAL
+    )
+    assert plain.label.max() == 2 and not plain.label[faint | nothing].any()
+    assert low.label.max() == 3 and not low.label[nothing].any()
+    np.testing.assert_array_equal(low.label == low.label[7, 7], faint)
+    assert union.label.max() == 4
+    np.testing.assert_array_equal(union.label == union.label[55, 7], nothing)
+    # The nuclei the map sees clearly keep the map's edges, whatever the threshold.
+    for got in (low, union):
+        np.testing.assert_array_equal(np.where(faint | nothing, 0, got.label) > 0, plain.label > 0)
+    # Above foreground_threshold it changes nothing.
+    high = postprocess.instances_from_three_class_seeded(
+        probs, seeds, seed_erosion=2, seed_foreground_threshold=0.9, **EVAL
+    )
+    np.testing.assert_array_equal(high.label, plain.label)
+
+
+def test_confident_drops_the_nuclei_scored_below_the_floor_and_keeps_the_others_ids():
+    label = np.array([[0, 1, 1], [2, 2, 0], [3, 0, 3]], np.int32)
+    nuclei = postprocess.Instances(label, np.array([0.9, 0.5, 0.6], np.float32))
+    np.testing.assert_array_equal(
+        postprocess.confident(nuclei, 0.6), [[0, 1, 1], [0, 0, 0], [3, 0, 3]]
+    )
+    np.testing.assert_array_equal(postprocess.confident(nuclei, 0.0), label)
+    assert not postprocess.confident(nuclei, 0.95).any()

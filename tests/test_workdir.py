@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import unet
-from nucjax import checkpoint, postprocess, whole_image, workdir
+from nucjax import checkpoint, models, postprocess, whole_image, workdir
 from nucjax.data.images import convert_view
 from nucjax.models import semantic
 from tests.trained import (
@@ -109,6 +109,10 @@ def test_seeds_from_loads_the_seed_model_whose_nuclei_seed_the_three_class_decod
     # Without seeds the same outputs decode differently (else this test could not fail).
     plain = whole_image.instances(model.spec, got.outputs, 64, 64).label
     assert not np.array_equal(plain, want.label)
+    # eval.seed_min_score above the best seed's score: no seed, so no nucleus.
+    config.eval.seed_min_score = min(1.0, float(seeds.instances.scores.max()) + 1e-3)
+    strict = whole_image.instances(models.build(config), got.outputs, 64, 64, seeds.instances)
+    assert want.label.max() > 0 and strict.label.max() == 0
 
 
 def test_seeds_from_errors_name_the_field(tmp_path):
@@ -152,7 +156,7 @@ def test_a_seed_model_of_another_view_gets_its_own_input(tmp_path):
     ev.tile_size, ev.tile_overlap = 64, 16
     grey = convert_view(image, "inverted", "grey_inverted")
     seeds = whole_image.segment_image(model.seeds.spec, model.seeds.variables, grey, ev)
-    want = whole_image.instances(model.spec, got.outputs, 64, 64, seeds.instances.label)
+    want = whole_image.instances(model.spec, got.outputs, 64, 64, seeds.instances)
     np.testing.assert_array_equal(got.instances.label, want.label)
     unconverted = whole_image.segment_image(model.seeds.spec, model.seeds.variables, image, ev)
     assert not np.array_equal(unconverted.instances.label, seeds.instances.label)

@@ -111,6 +111,11 @@ def get_config() -> ml_collections.ConfigDict:
     # probability; foreground no such seed reaches is dropped. "" = off.
     ev.seeds_from = ""
     ev.seed_erosion = 2
+    # Seed nuclei scored below this (the seed model's confidence) seed nothing.
+    ev.seed_min_score = 0.0
+    # Within the seed nuclei, foreground above this (when below foreground_threshold) is
+    # foreground too: a nucleus this model sees faintly keeps the seed model's outline.
+    ev.seed_foreground_threshold = 0.5
     # binary: a distance-transform maximum seeds a nucleus when it stands this many pixels
     # above the saddle to any higher neighbour (h-maxima); lower splits more
     ev.seed_depth = 2.0

@@ -90,7 +90,7 @@ def semantic_loss(
 
 def semantic_postprocess(
     logits: np.ndarray,
-    seeds: np.ndarray | None = None,
+    seeds: Instances | None = None,
     *,
     target: str,
     activation: str,
@@ -98,8 +98,9 @@ def semantic_postprocess(
 ):
     """logits (H, W, C) of one image -> Instances (watershed; thresholds from config.eval).
 
-    seeds: (H, W) int nuclei of another model (config.eval.seeds_from; three-class only) that
-    seed the watershed (postprocess.instances_from_three_class_seeded)."""
+    seeds: another model's nuclei of the image (config.eval.seeds_from; three-class only):
+    those scored at least eval.seed_min_score seed the watershed
+    (postprocess.instances_from_three_class_seeded)."""
     probs = np.asarray(probabilities(jnp.asarray(logits), target, activation))
     common = dict(
         foreground_threshold=eval_config.foreground_threshold,
@@ -111,7 +112,11 @@ def semantic_postprocess(
         if target != "three_class":
             raise ValueError("config.eval.seeds_from needs a three-class per-pixel model")
         return postprocess.instances_from_three_class_seeded(
-            probs, seeds, seed_erosion=eval_config.seed_erosion, **common
+            probs,
+            postprocess.confident(seeds, eval_config.seed_min_score),
+            seed_erosion=eval_config.seed_erosion,
+            seed_foreground_threshold=eval_config.seed_foreground_threshold,
+            **common,
         )
     if target == "three_class":
         return postprocess.instances_from_three_class(

@@ -55,8 +55,8 @@ class ModelSpec:
         reported the same way. Pure and jittable.
     foreground: eval outputs -> (B, H, W) float32 foreground probability, for pixel metrics.
     postprocess: (outputs of one image as numpy, no batch axis) -> Instances. When `seedable`
-        it also takes seeds=(H, W) int nuclei of another model (config.eval.seeds_from) that
-        decide which nuclei there are, this model's outputs where their edges run.
+        it also takes seeds=Instances of another model (config.eval.seeds_from) that decide
+        which nuclei there are, this model's outputs where their edges run.
     stride: H and W given to the module must be multiples of this.
     axis_name: the device axis batch norm synchronises over; nucjax.models.build sets it to
         nucjax.parallel.AXIS. None: no batch norm synchronisation.
