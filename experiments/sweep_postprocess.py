@@ -10,7 +10,9 @@ modality). Prints a markdown table sorted by DSB score and the best setting as o
 pass to evaluate/predict (--config.eval.NAME=VALUE). Validation stays untouched, so its score
 with the chosen setting is still an honest estimate (report it once).
 With --seeds_from=WORKDIR (a three-class model only) that model's nuclei, predicted once per
-image, seed every setting's decoding (config.eval.seeds_from; grid e.g. seed_erosion=1,2,3).
+image, seed every setting's decoding (config.eval.seeds_from; grid e.g. seed_erosion=1,2,3,
+seed_min_score=0.5,0.6,0.7, seed_foreground_threshold=0.2,0.3,0.5). --images=0: every training
+image.
 """
 
 from __future__ import annotations
