@@ -222,6 +222,73 @@ def confident(instances: Instances, min_score: float) -> np.ndarray:
     return np.where(keep[instances.label], instances.label, 0).astype(np.int32)
 
 
+def _masks(nuclei: Instances):
+    """(score, view index, bounding-box slices, (h', w') bool mask) of each nucleus."""
+    for i, box in enumerate(ndimage.find_objects(np.asarray(nuclei.label, np.int32))):
+        if box is not None:
+            yield float(nuclei.scores[i]), box, nuclei.label[box] == i + 1
+
+
+def _iou(a, b) -> float:
+    """IoU of two (slices, mask) nuclei of one image."""
+    (box_a, mask_a), (box_b, mask_b) = a, b
+    lo = [max(p.start, q.start) for p, q in zip(box_a, box_b, strict=True)]
+    hi = [min(p.stop, q.stop) for p, q in zip(box_a, box_b, strict=True)]
+    if any(x >= y for x, y in zip(lo, hi, strict=True)):
+        return 0.0
+    window = lambda box: tuple(slice(x - s.start, y - s.start) for x, y, s in zip(lo, hi, box))  # noqa: E731
+    inter = int(np.count_nonzero(mask_a[window(box_a)] & mask_b[window(box_b)]))
+    return inter / (int(mask_a.sum()) + int(mask_b.sum()) - inter)
+
+
+def fuse_views(views: list[Instances], min_votes: int, iou_threshold: float = 0.5) -> Instances:
+    """The nuclei several views of one image agree on: e.g. a detector's on the image's four
+    flips, each mapped back (config.eval.flip_tta for instance models).
+
+    views: K Instances of one (H, W) image. Every view's nuclei, best score first, join the
+    cluster whose first nucleus they overlap most (IoU > iou_threshold; one nucleus per view
+    and cluster) or start a new one. A cluster holding nuclei of at least min_votes views is
+    one nucleus: the pixels at least half of its members cover, scored the sum of their
+    scores / K (a view that missed it counts 0). Nuclei are painted best score first onto
+    pixels no better one holds. Returns Instances of (H, W) int32 and (N,) float32 scores.
+    """
+    shape = views[0].label.shape
+    found = sorted(
+        ((score, k, box, mask) for k, v in enumerate(views) for score, box, mask in _masks(v)),
+        key=lambda t: -t[0],
+    )
+    owner = np.full(shape, -1, np.int32)  # which cluster's first nucleus holds each pixel
+    clusters: list[dict] = []
+    for score, k, box, mask in found:
+        near = np.unique(owner[box][mask])
+        best, best_iou = -1, iou_threshold
+        for c in near[near >= 0]:
+            iou = _iou((box, mask), clusters[c]["first"])
+            if k not in clusters[c]["views"] and iou > best_iou:
+                best, best_iou = int(c), iou
+        if best < 0:
+            clusters.append({"first": (box, mask), "views": set(), "score": 0.0, "members": []})
+            best = len(clusters) - 1
+            window = owner[box]
+            window[mask & (window < 0)] = best
+        cluster = clusters[best]
+        cluster["views"].add(k)
+        cluster["score"] += score
+        cluster["members"].append((box, mask))
+    label, scores = np.zeros(shape, np.int32), []
+    for cluster in sorted(clusters, key=lambda c: -c["score"]):
+        if len(cluster["views"]) < min_votes:
+            continue
+        votes = np.zeros(shape, np.int32)
+        for box, mask in cluster["members"]:
+            votes[box] += mask
+        pixels = (2 * votes >= len(cluster["members"])) & (label == 0)
+        if pixels.any():
+            scores.append(cluster["score"] / len(views))
+            label[pixels] = len(scores)
+    return Instances(label, np.asarray(scores, np.float32))
+
+
 def instances_from_three_class_seeded(
     probs: np.ndarray,
     seeds: np.ndarray,

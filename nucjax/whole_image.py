@@ -12,12 +12,15 @@ BATCH_PIXELS pixels (predict_image), and the remainder one at a time: no padding
 batch shapes per tile shape, and every call's memory that of one batch of tiles, whatever the
 image size.
 
-Two inference-time options of config.eval, for "pixels" tilings only (others ignore them):
+Two inference-time options of config.eval:
 - `flip_tta`: each tile is also predicted flipped left-right, up-down and both; the outputs
   (logits) are flipped back and the four averaged. Flips keep the tile shape, so one
   compilation serves all four, run as one batch. With `transpose_tta` as well, the transposed
   tile's four flips join them: all eight symmetries of the square (the rot90s among them).
-- `nucleus_area` (pixels, 0 = off): after a first pass, the image is rescaled by
+  A detector's outputs are no maps to average: it segments the whole image and its three
+  flips, maps each view's nuclei back and keeps those at least FLIP_VOTES of the four views
+  find (postprocess.fuse_views); its foreground map is the four views' mean.
+- `nucleus_area` (pixels, 0 = off; "pixels" tilings only): after a first pass, the image is rescaled by
   sqrt(nucleus_area / median predicted nucleus area), clipped to [min_scale, max_scale],
   predicted again, and the outputs resized back, so nuclei reach the network at the size it
   was trained on (Cellpose's idea); post-processing runs at the original resolution.
@@ -40,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import skimage.transform
 
-from nucjax import tiling
+from nucjax import postprocess, tiling
 from nucjax.data.images import convert_view
 from nucjax.models.spec import Instances, ModelSpec
 
@@ -49,6 +52,10 @@ _SCALE_TOLERANCE = 0.1
 # At most this many pixels (tiles x their flips) go through the network in one call: four
 # 512 x 512 tiles, about 1.1 GB peak for a U-Net on a CPU (BUILD_NOTES, "Measured figures").
 BATCH_PIXELS = 4 * 512 * 512
+# A detector's flip_tta: the image as is, left-right, up-down and both ((H, W, 3) axes), and
+# how many of those four views must find a nucleus (3: a majority).
+FLIPS = ((), (1,), (0,), (0, 1))
+FLIP_VOTES = 3
 
 
 @functools.partial(jax.jit, static_argnames="module")
@@ -119,8 +126,8 @@ def predict_image(
     flip_tta, eight with transpose_tta too, which are averaged); see batch_sizes.
     spec.tiling "pixels": returns (H, W, C) float32 numpy (logits for semantic models).
     "detections": returns tiling.merge_detections' dict: the kept detections (K, ...) in image
-    pixels and the (H, W) foreground map (flip_tta is ignored: detections are no per-pixel
-    maps to flip back).
+    pixels and the (H, W) foreground map (flip_tta is ignored here: detections are no
+    per-pixel maps to average; segment_image fuses a detector's flipped views instead).
     """
     image = np.asarray(image, np.float32)
     if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 1:
@@ -207,12 +214,42 @@ def foreground(spec: ModelSpec, outputs, h: int, w: int) -> np.ndarray:
     return np.asarray(spec.foreground(batched), np.float32)[0, :h, :w]
 
 
+class _FlipViews(NamedTuple):
+    """A detector's outputs of the image's FLIPS (flip_tta), each in its flipped frame."""
+
+    outputs: list
+
+
+def _flip_tta_detections(spec: ModelSpec, eval_config) -> bool:
+    return bool(eval_config.flip_tta) and spec.tiling == "detections"
+
+
+def _predict_views(spec: ModelSpec, variables, image: np.ndarray, eval_config):
+    """predict_image's outputs, or a detector's _FlipViews under flip_tta."""
+    if not _flip_tta_detections(spec, eval_config):
+        return predict_image(spec, variables, image, eval_config)
+    flipped = (np.ascontiguousarray(np.flip(image, axes)) for axes in FLIPS)
+    return _FlipViews([predict_image(spec, variables, x, eval_config) for x in flipped])
+
+
+def _fused(spec: ModelSpec, views: _FlipViews, h: int, w: int) -> tuple[Instances, np.ndarray]:
+    """The nuclei at least FLIP_VOTES views find (postprocess.fuse_views) and the views' mean
+    foreground, each view's mapped back from its flip: Instances and (h, w) float32."""
+    nuclei, fg = [], np.zeros((h, w), np.float32)
+    for axes, outputs in zip(FLIPS, views.outputs, strict=True):
+        found = instances(spec, outputs, h, w)
+        nuclei.append(Instances(np.flip(found.label, axes), found.scores))
+        fg += np.flip(foreground(spec, outputs, h, w), axes) / len(FLIPS)
+    return postprocess.fuse_views(nuclei, FLIP_VOTES), fg
+
+
 def _first_pass(
     spec: ModelSpec, variables, image: np.ndarray, eval_config, seeds=None
 ) -> tuple[Any, float, Instances | None]:
-    """(predict_image's outputs, wall-clock seconds, the seed model's Instances or None)."""
+    """(predict_image's outputs (_FlipViews for a detector's flip_tta), wall-clock seconds,
+    the seed model's Instances or None)."""
     t0 = time.perf_counter()
-    outputs = predict_image(spec, variables, image, eval_config)
+    outputs = _predict_views(spec, variables, image, eval_config)
     seed_instances = None if seeds is None else seed_nuclei(seeds, image)
     return outputs, time.perf_counter() - t0, seed_instances
 
@@ -239,6 +276,9 @@ def _decode(
     when given), the nucleus_area second pass when asked, the foreground map."""
     h, w = image.shape[:2]
     t1 = time.perf_counter()
+    if isinstance(outputs, _FlipViews):
+        nuclei, fg = _fused(spec, outputs, h, w)
+        return ImagePrediction(outputs.outputs[0], fg, nuclei, predict_s, time.perf_counter() - t1)
     nuclei = instances(spec, outputs, h, w, seed_instances)
     postprocess_s = time.perf_counter() - t1
     scale = 1.0 if seed_instances is not None else rescale_factor(spec, nuclei.label, eval_config)

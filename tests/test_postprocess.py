@@ -306,3 +306,40 @@ def test_confident_drops_the_nuclei_scored_below_the_floor_and_keeps_the_others_
     )
     np.testing.assert_array_equal(postprocess.confident(nuclei, 0.0), label)
     assert not postprocess.confident(nuclei, 0.95).any()
+
+
+def _square_views(placements, shape=(20, 20)):
+    """placements: per view, [(y, x, score)] of 4 x 4 squares -> K Instances."""
+    views = []
+    for squares in placements:
+        label = np.zeros(shape, np.int32)
+        for i, (y, x, _) in enumerate(squares):
+            label[y : y + 4, x : x + 4] = i + 1
+        views.append(postprocess.Instances(label, np.array([s for *_, s in squares], np.float32)))
+    return views
+
+
+def test_fuse_views_keeps_the_nuclei_enough_views_agree_on_drawn_where_half_their_members_lie():
+    # A in all four views (the fourth shifted one column: IoU 12/20 = 0.6 joins), C in three,
+    # B in two, D in one.
+    a, b, c, d = (2, 2), (10, 10), (10, 2), (15, 15)
+    views = _square_views(
+        [
+            [(*a, 0.9), (*b, 0.95)],
+            [(*a, 0.8), (*b, 0.9), (*c, 0.7)],
+            [(*a, 0.9), (*c, 0.7), (*d, 0.99)],
+            [(2, 3, 0.6), (*c, 0.4)],
+        ]
+    )
+    got = postprocess.fuse_views(views, min_votes=3)
+    want = np.zeros((20, 20), np.int32)
+    want[2:6, 2:6] = 1  # columns 2-5 hold >= 2 of A's 4 members; column 6 only the shifted one
+    want[10:14, 2:6] = 2
+    np.testing.assert_array_equal(got.label, want)
+    np.testing.assert_allclose(got.scores, [(0.9 + 0.8 + 0.9 + 0.6) / 4, (0.7 + 0.7 + 0.4) / 4])
+    every = postprocess.fuse_views(views, min_votes=1)
+    assert every.label.max() == 4
+    np.testing.assert_allclose(np.sort(every.scores), np.sort([0.8, 0.45, 0.4625, 0.2475]))
+    # Below the IoU threshold a shifted nucleus starts a cluster of its own.
+    apart = postprocess.fuse_views(_square_views([[(2, 2, 0.9)], [(2, 4, 0.9)]]), min_votes=2)
+    assert apart.label.max() == 0
