@@ -88,6 +88,10 @@ def test_seeds_from_loads_the_seed_model_whose_nuclei_seed_the_three_class_decod
     config.eval.tile_size, config.eval.tile_overlap = 64, 16
     model = workdir.load(str(tmp_path / "unet"), config)
     assert model.seeds.step == 7 and model.seeds.config.model.name == "simple_cnn"
+    assert model.seeds.config.eval.flip_tta is False  # the seeded model's switch
+    config.eval.flip_tta = True
+    assert workdir.load(str(tmp_path / "unet"), config).seeds.config.eval.flip_tta is True
+    config.eval.flip_tta = False
 
     image, _ = synthetic_image((64, 64), seed=3)
     got = whole_image.segment_image(model.spec, model.variables, image, config.eval, model.seeds)
