@@ -236,7 +236,10 @@ def _iou(a, b) -> float:
     hi = [min(p.stop, q.stop) for p, q in zip(box_a, box_b, strict=True)]
     if any(x >= y for x, y in zip(lo, hi, strict=True)):
         return 0.0
-    window = lambda box: tuple(slice(x - s.start, y - s.start) for x, y, s in zip(lo, hi, box))  # noqa: E731
+
+    def window(box):
+        return tuple(slice(x - s.start, y - s.start) for x, y, s in zip(lo, hi, box, strict=True))
+
     inter = int(np.count_nonzero(mask_a[window(box_a)] & mask_b[window(box_b)]))
     return inter / (int(mask_a.sum()) + int(mask_b.sum()) - inter)
 

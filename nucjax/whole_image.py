@@ -18,12 +18,14 @@ Two inference-time options of config.eval:
   compilation serves all four, run as one batch. With `transpose_tta` as well, the transposed
   tile's four flips join them: all eight symmetries of the square (the rot90s among them).
   A detector's outputs are no maps to average: it segments the whole image and its three
-  flips, maps each view's nuclei back and keeps those at least FLIP_VOTES of the four views
-  find (postprocess.fuse_views); its foreground map is the four views' mean.
-- `nucleus_area` (pixels, 0 = off; "pixels" tilings only): after a first pass, the image is rescaled by
-  sqrt(nucleus_area / median predicted nucleus area), clipped to [min_scale, max_scale],
-  predicted again, and the outputs resized back, so nuclei reach the network at the size it
-  was trained on (Cellpose's idea); post-processing runs at the original resolution.
+  flips (with `transpose_tta`, the transposed image's four flips too), maps each view's
+  nuclei back and keeps those a majority of the views find (3 of 4, 5 of 8;
+  postprocess.fuse_views); its foreground map is the views' mean.
+- `nucleus_area` (pixels, 0 = off; "pixels" tilings only): after a first pass, the image is
+  rescaled by sqrt(nucleus_area / median predicted nucleus area), clipped to [min_scale,
+  max_scale], predicted again, and the outputs resized back, so nuclei reach the network at
+  the size it was trained on (Cellpose's idea); post-processing runs at the original
+  resolution.
   DSB training split (val10_seed0, 603 images, stage1_train_labels.csv run lengths): median
   nucleus 309 px over its 25,949 masks, 263 px median of the per-image medians (quartiles
   141 and 677: images at native scale vary ~2x in nucleus diameter).
@@ -52,10 +54,9 @@ _SCALE_TOLERANCE = 0.1
 # At most this many pixels (tiles x their flips) go through the network in one call: four
 # 512 x 512 tiles, about 1.1 GB peak for a U-Net on a CPU (BUILD_NOTES, "Measured figures").
 BATCH_PIXELS = 4 * 512 * 512
-# A detector's flip_tta: the image as is, left-right, up-down and both ((H, W, 3) axes), and
-# how many of those four views must find a nucleus (3: a majority).
+# A detector's flip_tta: the image as is, left-right, up-down and both ((H, W, 3) axes);
+# with transpose_tta the transposed image's four flips too.
 FLIPS = ((), (1,), (0,), (0, 1))
-FLIP_VOTES = 3
 
 
 @functools.partial(jax.jit, static_argnames="module")
@@ -214,39 +215,60 @@ def foreground(spec: ModelSpec, outputs, h: int, w: int) -> np.ndarray:
     return np.asarray(spec.foreground(batched), np.float32)[0, :h, :w]
 
 
-class _FlipViews(NamedTuple):
-    """A detector's outputs of the image's FLIPS (flip_tta), each in its flipped frame."""
+class _Views(NamedTuple):
+    """A detector's outputs of symmetric views of the image (flip_tta), each in its own
+    frame; views: (transposed, flipped axes) of each."""
 
+    views: tuple
     outputs: list
 
 
-def _flip_tta_detections(spec: ModelSpec, eval_config) -> bool:
-    return bool(eval_config.flip_tta) and spec.tiling == "detections"
+def _symmetries(spec: ModelSpec, eval_config) -> tuple:
+    """The (transposed, flipped axes) views a detector's flip_tta fuses; () for no TTA."""
+    if not eval_config.flip_tta or spec.tiling != "detections":
+        return ()
+    return tuple(
+        (t, axes) for t in (False, True)[: 1 + bool(eval_config.transpose_tta)] for axes in FLIPS
+    )
+
+
+def _seen(x: np.ndarray, transposed: bool, axes: tuple) -> np.ndarray:
+    """(H, W, ...) -> the view (H and W swapped when transposed, then flipped on axes)."""
+    return np.ascontiguousarray(np.flip(np.swapaxes(x, 0, 1) if transposed else x, axes))
+
+
+def _unseen(y: np.ndarray, transposed: bool, axes: tuple) -> np.ndarray:
+    """A view's (h', w') map back in the image's frame: _seen undone."""
+    y = np.flip(y, axes)
+    return np.ascontiguousarray(y.T if transposed else y)
 
 
 def _predict_views(spec: ModelSpec, variables, image: np.ndarray, eval_config):
-    """predict_image's outputs, or a detector's _FlipViews under flip_tta."""
-    if not _flip_tta_detections(spec, eval_config):
+    """predict_image's outputs, or a detector's _Views under flip_tta."""
+    views = _symmetries(spec, eval_config)
+    if not views:
         return predict_image(spec, variables, image, eval_config)
-    flipped = (np.ascontiguousarray(np.flip(image, axes)) for axes in FLIPS)
-    return _FlipViews([predict_image(spec, variables, x, eval_config) for x in flipped])
+    return _Views(
+        views, [predict_image(spec, variables, _seen(image, *v), eval_config) for v in views]
+    )
 
 
-def _fused(spec: ModelSpec, views: _FlipViews, h: int, w: int) -> tuple[Instances, np.ndarray]:
-    """The nuclei at least FLIP_VOTES views find (postprocess.fuse_views) and the views' mean
-    foreground, each view's mapped back from its flip: Instances and (h, w) float32."""
+def _fused(spec: ModelSpec, views: _Views, h: int, w: int) -> tuple[Instances, np.ndarray]:
+    """The nuclei a majority of the views find (postprocess.fuse_views) and the views' mean
+    foreground, each view's mapped back: Instances of (h, w) and (h, w) float32."""
     nuclei, fg = [], np.zeros((h, w), np.float32)
-    for axes, outputs in zip(FLIPS, views.outputs, strict=True):
-        found = instances(spec, outputs, h, w)
-        nuclei.append(Instances(np.flip(found.label, axes), found.scores))
-        fg += np.flip(foreground(spec, outputs, h, w), axes) / len(FLIPS)
-    return postprocess.fuse_views(nuclei, FLIP_VOTES), fg
+    for (transposed, axes), outputs in zip(views.views, views.outputs, strict=True):
+        vh, vw = (w, h) if transposed else (h, w)
+        found = instances(spec, outputs, vh, vw)
+        nuclei.append(Instances(_unseen(found.label, transposed, axes), found.scores))
+        fg += _unseen(foreground(spec, outputs, vh, vw), transposed, axes) / len(views.views)
+    return postprocess.fuse_views(nuclei, len(nuclei) // 2 + 1), fg
 
 
 def _first_pass(
     spec: ModelSpec, variables, image: np.ndarray, eval_config, seeds=None
 ) -> tuple[Any, float, Instances | None]:
-    """(predict_image's outputs (_FlipViews for a detector's flip_tta), wall-clock seconds,
+    """(predict_image's outputs (_Views for a detector's flip_tta), wall-clock seconds,
     the seed model's Instances or None)."""
     t0 = time.perf_counter()
     outputs = _predict_views(spec, variables, image, eval_config)
@@ -276,7 +298,7 @@ def _decode(
     when given), the nucleus_area second pass when asked, the foreground map."""
     h, w = image.shape[:2]
     t1 = time.perf_counter()
-    if isinstance(outputs, _FlipViews):
+    if isinstance(outputs, _Views):
         nuclei, fg = _fused(spec, outputs, h, w)
         return ImagePrediction(outputs.outputs[0], fg, nuclei, predict_s, time.perf_counter() - t1)
     nuclei = instances(spec, outputs, h, w, seed_instances)

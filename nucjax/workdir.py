@@ -241,8 +241,8 @@ def load(workdir: str, config=None, step: int | None = None) -> TrainedModel:
 
 def _seed_model(config, spec: ModelSpec) -> TrainedModel | None:
     """load(config.eval.seeds_from) with its own saved config, or None when it is "". The
-    seed model runs with this config's eval.flip_tta (a detector then fuses its four flipped
-    views: whole_image), so one switch sets test-time augmentation for both models.
+    seed model runs with this config's eval.flip_tta and transpose_tta (a detector then fuses
+    its views of the image: whole_image), so one switch sets test-time augmentation for both.
 
     Raises config_checks.ConfigError (a ValueError, one line in nucjax.main) when this model
     cannot take seeds, the seed model's input view cannot be made from this one's
@@ -264,6 +264,7 @@ def _seed_model(config, spec: ModelSpec) -> TrainedModel | None:
     if seeds.seeds is not None:
         raise ConfigError(f"{field}: that model has seeds_from of its own")
     seeds.config.eval.flip_tta = bool(config.eval.flip_tta)
+    seeds.config.eval.transpose_tta = bool(config.eval.transpose_tta)
     return seeds._replace(handed_view=config.data.input_view)
 
 

@@ -235,12 +235,26 @@ def test_a_detectors_flip_tta_fuses_its_four_views_mapped_back():
     image = disc_image([(8, 10), (30, 20), (33, 47), (50, 30)])
     plain = whole_image.segment_image(spec, {}, image, settings(64, 0))
     tta = whole_image.segment_image(spec, {}, image, settings(64, 0, flip_tta=True))
-    assert plain.instances.label.max() == 4 and same_nuclei(tta.instances.label, plain.instances.label)
+    assert plain.instances.label.max() == 4
+    assert same_nuclei(tta.instances.label, plain.instances.label)
     np.testing.assert_allclose(np.sort(tta.instances.scores), np.sort(plain.instances.scores))
     np.testing.assert_allclose(tta.foreground, plain.foreground)
     assert set(tta.outputs) == set(plain.outputs)  # the unflipped view's detections
     pipelined = next(whole_image.segment_images(spec, {}, [image], settings(64, 0, flip_tta=True)))
     np.testing.assert_array_equal(pipelined.instances.label, tta.instances.label)
+
+
+def test_a_detectors_transpose_tta_maps_the_transposed_views_back_too():
+    """A 64 x 96 image (transposed views are 96 x 64): the eight views agree on every disc."""
+    wide = np.concatenate([disc_image([(8, 10), (30, 20), (50, 30)]), disc_image([(33, 17)])], 1)
+    image = wide[:, :96]
+    spec, ev = blob_spec(), settings(128, 0, flip_tta=True, transpose_tta=True)
+    plain = whole_image.segment_image(spec, {}, image, settings(128, 0))
+    tta = whole_image.segment_image(spec, {}, image, ev)
+    assert plain.instances.label.max() == 4
+    assert same_nuclei(tta.instances.label, plain.instances.label)
+    np.testing.assert_allclose(np.sort(tta.instances.scores), np.sort(plain.instances.scores))
+    np.testing.assert_allclose(tta.foreground, plain.foreground)
 
 
 def test_flip_tta_of_a_flip_equivariant_network_changes_nothing():
