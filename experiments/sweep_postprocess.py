@@ -29,7 +29,7 @@ import nucjax.runtime  # noqa: E402
 
 nucjax.runtime.configure()
 
-from nucjax import evaluators, metrics, models, whole_image, workdir  # noqa: E402
+from nucjax import evaluators, metrics, models, reporting, whole_image, workdir  # noqa: E402
 from nucjax.data.images import network_input  # noqa: E402
 
 
@@ -52,11 +52,14 @@ def main() -> None:
     config.eval.seeds_from = args.seeds_from
     model = workdir.load(args.workdir, config)
     cached = []
+    shown = reporting.progress(args.images or None, "training images", unit="img")
     for _, image, label, modality in evaluators.labelled_images(config.data, "train", args.images):
         x = network_input(image, config.data.input_view)
         outputs = whole_image.predict_image(model.spec, model.variables, x, config.eval)
         seeds = None if model.seeds is None else whole_image.seed_nuclei(model.seeds, x)
         cached.append((outputs, label, modality, seeds))
+        shown.update()
+    shown.close()
     rows = []
     for setting in _grid(args.grid):
         trial = config.copy_and_resolve_references()
