@@ -223,7 +223,7 @@ def confident(instances: Instances, min_score: float) -> np.ndarray:
 
 
 def _masks(nuclei: Instances):
-    """(score, view index, bounding-box slices, (h', w') bool mask) of each nucleus."""
+    """(score, bounding-box slices, (h', w') bool mask) of each nucleus."""
     for i, box in enumerate(ndimage.find_objects(np.asarray(nuclei.label, np.int32))):
         if box is not None:
             yield float(nuclei.scores[i]), box, nuclei.label[box] == i + 1

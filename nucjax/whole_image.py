@@ -227,9 +227,8 @@ def _symmetries(spec: ModelSpec, eval_config) -> tuple:
     """The (transposed, flipped axes) views a detector's flip_tta fuses; () for no TTA."""
     if not eval_config.flip_tta or spec.tiling != "detections":
         return ()
-    return tuple(
-        (t, axes) for t in (False, True)[: 1 + bool(eval_config.transpose_tta)] for axes in FLIPS
-    )
+    transposes = (False, True) if eval_config.transpose_tta else (False,)
+    return tuple((t, axes) for t in transposes for axes in FLIPS)
 
 
 def _seen(x: np.ndarray, transposed: bool, axes: tuple) -> np.ndarray:
