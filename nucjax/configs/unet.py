@@ -12,12 +12,11 @@ Variants (after the colon):
          with cosine decay, intensity and scale jitter; 3600 steps on 128x128 crops, about
          40 minutes on an idle 2-core CPU (validation DSB 0.493; 1200 steps, what ./launch.sh
          trains in under 20 minutes: 0.471; 7200 steps, 91 minutes: 0.497); flip
-         test-time augmentation, seed threshold 0.7. Most accurate of all with a trained
-         `mask_rcnn:best` as seeds: --config.eval.seeds_from=RUNS/mask_rcnn_best at
-         evaluate / predict (validation DSB 0.549: the 7200-step U-Net seeded by the
-         16000-step detector; 0.558 with both fine-tuned in colour, mask_rcnn.py; with the
-         detector's test-time augmentation, which it now shares, 0.555, and the detector
-         alone 0.566)
+         test-time augmentation, seed threshold 0.7. A trained `mask_rcnn:best`'s nuclei
+         can seed its watershed: --config.eval.seeds_from=RUNS/mask_rcnn_best at evaluate /
+         predict (validation DSB 0.549: the 7200-step U-Net seeded by the 16000-step
+         detector; 0.558 with both fine-tuned in colour, mask_rcnn.py; with the detector's
+         test-time augmentation, which it now shares, 0.555, below the detector alone, 0.566)
   tiny   a 3-level, base-4 network on 64x64 synthetic crops, 2 steps: for tests
 """
 
